@@ -1,0 +1,29 @@
+"""Shared pytest fixtures: the optional real complex slices and small synthetic inputs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Real, fully sampled complex slices (never part of the project); tests skip without them.
+REAL_DIR = Path(os.environ.get("PHASE_REAL_DATA", ROOT.parent / "shared" / "data" / "real_complex"))
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    """Folder of the real complex slices; skips the test when it is absent."""
+    if not REAL_DIR.is_dir():
+        pytest.skip(f"real complex slices not found at {REAL_DIR} (set PHASE_REAL_DATA)")
+    return REAL_DIR
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
