@@ -126,13 +126,14 @@ def _open(path: str | os.PathLike) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as e:
         raise FastMRIFileError(f"{path}: not a readable HDF5 file ({e.__class__.__name__}: {e})") from None
+    reason = None
     if "kspace" not in f:
+        reason = f"no 'kspace' dataset (keys: {sorted(f.keys())})"
+    elif f["kspace"].ndim not in (3, 4) or f["kspace"].dtype.kind != "c":
+        reason = f"'kspace' must be complex (slices, [coils,] H, W), got {f['kspace'].dtype} {f['kspace'].shape}"
+    if reason:
         f.close()
-        raise FastMRIFileError(f"{path}: no 'kspace' dataset (keys: {sorted(f.keys())})")
-    kspace = f["kspace"]
-    if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
-        f.close()
-        raise FastMRIFileError(f"{path}: 'kspace' must be complex (slices, [coils,] H, W), got {kspace.dtype} {kspace.shape}")
+        raise FastMRIFileError(f"{path}: {reason}")
     return f
 
 

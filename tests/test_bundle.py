@@ -1,0 +1,80 @@
+"""The repository as a MONAI bundle: metadata, configs, pins and the README's commands agree."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from monai.bundle import ConfigParser, verify_metadata
+
+from conftest import ROOT
+
+SCHEMA = ROOT / "configs" / "schema" / "meta_schema_20240725.json"
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.txt: {line!r} is not pinned with =="
+            pins[name.lower()] = version
+    return pins
+
+
+def test_metadata_verifies_offline(tmp_path):
+    # The schema is kept in the repo: verify_metadata skips the download when the file exists.
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_top_level_metadata_is_the_bundle_metadata():
+    top, bundle = ROOT / "metadata.json", ROOT / "configs" / "metadata.json"
+    assert top.resolve() == bundle.resolve() or top.read_bytes() == bundle.read_bytes()
+
+
+def test_metadata_versions_match_requirements():
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    pins = _pins()
+    assert meta["monai_version"] == pins["monai"]
+    assert meta["pytorch_version"] == pins["torch"]
+    assert meta["numpy_version"] == pins["numpy"]
+    for name, version in meta["required_packages_version"].items():
+        assert pins.get(name.lower()) == version, f"metadata pins {name}=={version}, requirements.txt has {pins.get(name.lower())}"
+
+
+def test_no_monai_generative():
+    text = (ROOT / "requirements.txt").read_text().lower()
+    assert not re.search(r"^monai[-_]generative", text, re.M)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.json") if p.name != "metadata.json"))
+def test_configs_parse(config, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / config))
+    parser.parse()
+    assert parser.get("imports") is not None, f"{config}: every config imports the bundle's package"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
+    setup = [line for block in blocks[:2] for line in block.strip().splitlines()]
+    assert len(setup) == 2, "the README opens with exactly two set-up commands"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert setup[1] in ci, ".ci/run must call the README's test command verbatim"
+
+
+def test_runner_finds_metadata():
+    """`python -m monai.bundle run <id> --config_file configs/<x>.json` reads configs/metadata.json by default."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "probe", "--config_file", "configs/common.json",
+           "--probe", "$print('bundle version', @_meta_#version)"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert f"bundle version {meta['version']}" in out.stdout
+    assert "Cannot find the metadata" not in out.stdout + out.stderr
