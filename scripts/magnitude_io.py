@@ -1,0 +1,562 @@
+"""Read magnitude-only MRI (DICOM, NIfTI, PNG, TIFF, fastMRI h5) as stacks of 2-D slices.
+
+Every reader returns a :class:`MagnitudeVolume`: ``magnitude`` is ``(slices, H, W)`` float32
+in the **original scanner units** (DICOM RescaleSlope/Intercept and NIfTI ``scl_slope`` applied,
+nothing else). Normalisation is the caller's job and is always done with
+:mod:`scripts.intensity`: each slice is divided by its own 99.5th percentile
+(``normalize_magnitude(vol.magnitude[i]) -> (slice / ref, ref)``), a pure scale, so
+``slice == normalised * ref`` exactly and outputs can be written back in scanner units.
+
+Geometry. Each input is first read as a volume whose voxel->world ``affine`` (RAS, as MONAI
+and nibabel give it) is kept; slices are taken along ``slice_axis`` of that volume and, for
+4-D inputs, the volumes along the 4th axis are concatenated (volume-major): ``magnitude`` has
+``frames * n`` slices. :func:`slices_to_volume` undoes this, so a caller writes a per-slice
+result with ``nib.Nifti1Image(slices_to_volume(vol, out), vol.affine)``.
+
+- DICOM: ``(rows, columns, slices)``, slices as displayed (row = image row), sorted by
+  position along the slice normal (ImagePositionPatient), InstanceNumber when positions are
+  missing; a series that visits every position ``T`` times (multi-echo, dynamics) is 4-D.
+  Single files, series folders (grouped by SeriesInstanceUID) and enhanced multi-frame
+  files (per-frame functional groups) go through one code path. Files are recognised by a
+  ``.dcm``/``.dicom``/``.ima`` suffix or, for any other name, the DICM preamble
+  (``pydicom.misc.is_dicom``). Only ``Modality == "MR"`` greyscale magnitude images are
+  accepted (ImageType / ComplexImageComponent naming phase, real or imaginary is rejected).
+  Read with pydicom itself (``pixel_array``, ``apply_modality_lut``): MONAI's ``PydicomReader``
+  orders by InstanceNumber only, takes a whole folder as one series and ignores per-frame
+  functional groups. A series in a folder shared with other series is the unit
+  ``<folder>#series-<anonymous id of its UID>`` (:func:`find_inputs` makes them).
+- NIfTI (MONAI ``NibabelReader``): the stored ``(x, y, z[, t])`` order; complex data -> ``|z|``.
+- PNG (MONAI ``PILReader``), TIFF (``tifffile``): ``(H, W)`` as displayed, identity affine;
+  16-bit kept. Colour policy: an RGB(A)/palette image is accepted only when R == G == B
+  (a grey image saved as RGB) and any alpha channel is fully opaque; otherwise it is an
+  error, never a silent conversion. Multi-page TIFF is a ``(H, W, pages)`` volume.
+- fastMRI h5 (:mod:`scripts.fastmri_h5`): ``reconstruction_rss`` (multi-coil) or
+  ``reconstruction_esc`` (single-coil) if present, else the RSS of ``kspace``; slices are
+  the file's slices (``slice_axis`` is 0, identity affine). Undersampled files (a ``mask``
+  and no reconstruction) are refused.
+
+2-D inputs are ``(H, W, 1)`` volumes (``slice_axis`` is reported as 2 whatever was asked).
+Bad input raises :class:`MagnitudeInputError` with the one-line message ``"<path>: <reason>"``.
+Rejected: unreadable/truncated/non-image files, non-MR DICOM, colour images, NaN/Inf, an
+all-zero volume (single all-zero slices inside a volume are kept; ``scripts.intensity``
+refuses them per slice), slices smaller than 8x8, more than 4 dimensions, and clearly
+signed data (minimum below -1% of the maximum; smaller negative values, e.g. interpolation
+ringing, are clipped to 0).
+
+Privacy: no identifying DICOM header value (names, IDs, dates, institutions, UIDs) is kept,
+logged or put into an error message (messages quote at most the Modality code). ``id`` is :func:`scripts.fastmri_h5.anonymous_id` of the kind, the
+path relative to ``root`` and the SeriesInstanceUID; pydicom datasets are dropped as soon as
+their pixels and geometry are read; pydicom warnings (which can quote header values) are
+silenced while reading. ``source`` is the input path, for error and skip reports only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import pydicom
+import tifffile
+from monai.config import KeysCollection
+from monai.data import NibabelReader, PILReader
+from monai.transforms import MapTransform
+from pydicom.pixels import apply_modality_lut
+
+from scripts import fastmri_h5
+from scripts.fastmri_h5 import FastMRIFileError, anonymous_id
+
+__all__ = [
+    "BadInput",
+    "LoadMagnituded",
+    "MagnitudeInputError",
+    "MagnitudeVolume",
+    "find_inputs",
+    "iter_magnitude_volumes",
+    "load_magnitude",
+    "slices_to_volume",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_SIZE = 8
+"""Smallest accepted slice height and width."""
+SERIES_SEP = "#series-"
+"""Unit ``<folder>#series-<anonymous id of SeriesInstanceUID>``: one series of a shared folder."""
+NEGATIVE_TOLERANCE = 0.01
+"""Negative values down to this fraction of the maximum are clipped to 0; lower ones are refused."""
+
+_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".png": "png", ".tif": "tiff", ".tiff": "tiff",
+             ".h5": "fastmri", ".hdf5": "fastmri", ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom"}
+_PIL_DIRECT = {"1", "L", "LA", "I", "F", "RGB", "RGBA"}  # other PIL modes (P, CMYK, ...) -> RGBA first
+_NOT_MAGNITUDE = {"P", "PHASE", "PHASE MAP", "R", "REAL", "I", "IMAGINARY"}
+
+
+class MagnitudeInputError(ValueError):
+    """An input that cannot be used as magnitude; ``str(e) == "<path>: <reason>"`` (one line)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = str(path), " ".join(str(reason).split())
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+@dataclass(repr=False, eq=False)
+class MagnitudeVolume:
+    """Magnitude slices of one input unit; see the module docstring for the conventions."""
+
+    id: str
+    source: str
+    kind: str
+    magnitude: np.ndarray
+    affine: np.ndarray
+    slice_axis: int
+    frames: int = 1  # volumes along the 4th axis, concatenated along the slices (1 for 2-D/3-D)
+
+    def __repr__(self) -> str:  # no source (paths may be identifying), no pixel dump
+        return (f"MagnitudeVolume(id={self.id!r}, kind={self.kind!r}, shape={tuple(self.magnitude.shape)}, "
+                f"slice_axis={self.slice_axis}, frames={self.frames})")
+
+
+@dataclass
+class BadInput:
+    """An input unit that was skipped, and why."""
+
+    source: str
+    reason: str
+
+
+def slices_to_volume(volume: MagnitudeVolume, slices: np.ndarray) -> np.ndarray:
+    """Put ``slices`` shaped like ``volume.magnitude`` back into the voxel order of ``volume.affine``."""
+    slices = np.asarray(slices)
+    n, h, w = volume.magnitude.shape
+    stacked = slices.reshape(volume.frames, n // volume.frames, h, w, *slices.shape[3:])
+    out = np.moveaxis(stacked, (0, 1), (3, volume.slice_axis))
+    return out[:, :, :, 0] if volume.frames == 1 else out
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def _kind(path: str) -> str | None:
+    """Input kind from the suffix, else ``'dicom'`` when the file has the DICM preamble."""
+    name = os.path.basename(path).lower()
+    for suffix, kind in _SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    try:
+        return "dicom" if pydicom.misc.is_dicom(path) else None
+    except OSError:
+        return None
+
+
+def _series_uid(path: str) -> str | None:
+    """SeriesInstanceUID from the header only (None if unreadable or absent)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        return str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds else None
+    except Exception:
+        return None
+
+
+def _group_series(files: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Group DICOM files by SeriesInstanceUID; files without a readable UID are returned apart."""
+    groups: dict[str, list[str]] = {}
+    loose: list[str] = []
+    for f in files:
+        uid = _series_uid(f)
+        (groups.setdefault(uid, []) if uid else loose).append(f)
+    return groups, loose
+
+
+def _dicom_units(folder: str, files: list[str]) -> list[str]:
+    """One unit per series: the folder when it holds exactly one clean series, else files / ``#series-`` units."""
+    groups, loose = _group_series(files)
+    if len(groups) == 1 and not loose and len(files) > 1:
+        return [folder]
+    units = list(loose)
+    for uid, members in groups.items():
+        units.append(members[0] if len(members) == 1 else f"{folder}{SERIES_SEP}{anonymous_id(uid)}")
+    return units
+
+
+def find_inputs(root: str | os.PathLike) -> list[str]:
+    """Sorted input units under ``root``: image files and DICOM series (hidden files skipped)."""
+    root = str(root)
+    if os.path.isfile(root):
+        return [root]
+    units: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dicoms = []
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            kind = None if name.startswith(".") else _kind(path)
+            if kind == "dicom":
+                dicoms.append(path)
+            elif kind:
+                units.append(path)
+        units += _dicom_units(dirpath, dicoms)
+    return sorted(units)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _fg(ds: pydicom.Dataset, frame: int, sequence: str, keyword: str):
+    """``keyword`` from the per-frame, then shared functional group ``sequence``, then the top level."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items and index < len(items) and items[index].get(sequence):
+            value = items[index].get(sequence)[0].get(keyword)
+            if value is not None:
+                return value
+    return ds.get(keyword)
+
+
+def _check_dicom(ds: pydicom.Dataset, path: str) -> None:
+    """Refuse non-MR, colour and phase/real/imaginary images (reasons quote no free-text header value)."""
+    modality = str(ds.get("Modality", "")).strip()
+    if modality != "MR":
+        shown = modality if modality.isalnum() and len(modality) <= 4 else "missing"
+        raise MagnitudeInputError(path, f"DICOM Modality is {shown}, not MR")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
+        raise MagnitudeInputError(path, "colour DICOM (SamplesPerPixel > 1 or not MONOCHROME): magnitude must be greyscale")
+    image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
+    component = str(ds.get("ComplexImageComponent", "")).upper()
+    if image_type & _NOT_MAGNITUDE or component in {"PHASE", "REAL", "IMAGINARY"}:
+        raise MagnitudeInputError(path, "DICOM ImageType/ComplexImageComponent marks a phase, real or imaginary image")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise MagnitudeInputError(path, "DICOM file has no pixel data")
+
+
+def _read_dicom_file(path: str) -> tuple[list[dict], str]:
+    """Frames of one DICOM file (rescaled pixels, geometry) and its SeriesInstanceUID; the dataset is dropped."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:
+        raise MagnitudeInputError(path, f"not a readable DICOM file ({type(e).__name__})") from None
+    _check_dicom(ds, path)
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:
+        raise MagnitudeInputError(path, f"unreadable DICOM pixel data ({type(e).__name__})") from None
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    pixels = pixels.reshape(n_frames, *pixels.shape[-2:]) if pixels.ndim == 2 or n_frames > 1 else pixels
+    if pixels.ndim != 3:
+        raise MagnitudeInputError(path, f"unexpected DICOM pixel array shape {pixels.shape}")
+    top_level_rescale = "RescaleSlope" in ds or "ModalityLUTSequence" in ds
+    values = apply_modality_lut(pixels, ds) if top_level_rescale else pixels
+    frames = []
+    for i in range(n_frames):
+        frame = np.asarray(values[i], dtype=np.float64)
+        if not top_level_rescale:  # enhanced multi-frame: rescale per frame from the functional groups
+            slope = _fg(ds, i, "PixelValueTransformationSequence", "RescaleSlope")
+            intercept = _fg(ds, i, "PixelValueTransformationSequence", "RescaleIntercept")
+            frame = frame * float(1.0 if slope is None else slope) + float(0.0 if intercept is None else intercept)
+        iop = _fg(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient")
+        ipp = _fg(ds, i, "PlanePositionSequence", "ImagePositionPatient")
+        spacing = _fg(ds, i, "PixelMeasuresSequence", "PixelSpacing")
+        step = (_fg(ds, i, "PixelMeasuresSequence", "SpacingBetweenSlices")
+                or _fg(ds, i, "PixelMeasuresSequence", "SliceThickness"))
+        frames.append({
+            "pixels": frame.astype(np.float32),
+            "instance": int(ds.get("InstanceNumber") or 0),
+            "iop": None if iop is None else np.asarray(iop, dtype=float),
+            "ipp": None if ipp is None else np.asarray(ipp, dtype=float),
+            "spacing": np.asarray(spacing if spacing is not None else (1.0, 1.0), dtype=float),
+            "step": float(step or 1.0),
+        })
+    return frames, str(ds.get("SeriesInstanceUID", ""))
+
+
+def _stack_dicom(frames: list[dict], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sort frames along the slice normal and stack them; returns the volume and its RAS affine."""
+    if len({f["pixels"].shape for f in frames}) > 1:
+        raise MagnitudeInputError(source, "DICOM slices have different sizes")
+    geometric = all(f["iop"] is not None and f["ipp"] is not None for f in frames)
+    if geometric and not all(np.allclose(f["iop"], frames[0]["iop"], atol=1e-4) for f in frames):
+        raise MagnitudeInputError(source, "DICOM slices have different orientations (e.g. a localiser)")
+    affine = np.eye(4)
+    if geometric:
+        row_cos, col_cos = frames[0]["iop"][:3], frames[0]["iop"][3:]
+        normal = np.cross(row_cos, col_cos)
+        positions = np.round([float(f["ipp"] @ normal) for f in frames], 3)
+    else:
+        positions = np.zeros(len(frames))
+    order = sorted(range(len(frames)), key=lambda k: (positions[k], frames[k]["instance"], k))
+    unique, counts = np.unique(positions, return_counts=True)
+    if len(set(counts)) != 1:
+        raise MagnitudeInputError(source, "DICOM series visits its slice positions unequally often")
+    n_pos, n_rep = (len(unique), int(counts[0])) if geometric else (len(frames), 1)
+    if not geometric:  # no geometry: InstanceNumber order, one frame per slice
+        order = sorted(range(len(frames)), key=lambda k: (frames[k]["instance"], k))
+    # (rows, cols, positions, repeats): frames at one position are ordered by InstanceNumber
+    volume = np.stack([frames[k]["pixels"] for k in order], axis=-1)
+    volume = volume.reshape(*volume.shape[:2], n_pos, n_rep)
+    if geometric:
+        first, last = frames[order[0]]["ipp"], frames[order[-1]]["ipp"]
+        dr, dc = frames[0]["spacing"][:2]
+        slice_col = (last - first) / (n_pos - 1) if n_pos > 1 else normal * frames[0]["step"]
+        affine[:3, :4] = np.column_stack([col_cos * dr, row_cos * dc, slice_col, first])
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> RAS
+    return (volume[..., 0] if n_rep == 1 else volume), affine
+
+
+def _dicom_files(unit: str | Sequence[str]) -> tuple[list[str], str, str]:
+    """Resolve a DICOM unit to ``(files, source, id_path)`` and check it is one series."""
+    if not isinstance(unit, str):
+        files = [str(f) for f in unit]
+        if not files:
+            raise MagnitudeInputError("[]", "empty DICOM file list")
+        source = files[0] if len(files) == 1 else os.path.commonpath([os.path.abspath(f) for f in files])
+        return files, source, source
+    if os.path.isfile(unit):
+        return [unit], unit, unit
+    folder, _, wanted = (unit.rpartition(SERIES_SEP) if not os.path.isdir(unit) and SERIES_SEP in unit else (unit, "", ""))
+    if not os.path.isdir(folder):
+        raise MagnitudeInputError(unit, "no such file or folder")
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    candidates = [p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p) and _kind(p) == "dicom"]
+    groups, loose = _group_series(candidates)
+    if wanted:
+        groups = {uid: files for uid, files in groups.items() if anonymous_id(uid) == wanted}
+    elif loose:
+        raise MagnitudeInputError(unit, f"{len(loose)} DICOM file(s) in the folder have no readable SeriesInstanceUID")
+    if len(groups) != 1:
+        raise MagnitudeInputError(unit, f"expected one DICOM series, found {len(groups)}; use the units of find_inputs()")
+    return next(iter(groups.values())), unit, folder
+
+
+def _read_dicom(unit: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray, str, str, str]:
+    files, source, id_path = _dicom_files(unit)
+    frames, uids = [], set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warnings may quote header values
+        for f in files:
+            file_frames, uid = _read_dicom_file(f)
+            frames += file_frames
+            uids.add(uid)
+    if len(uids) > 1:
+        raise MagnitudeInputError(source, f"files belong to {len(uids)} DICOM series")
+    volume, affine = _stack_dicom(frames, source)
+    return volume, affine, source, id_path, uids.pop()
+
+
+# ----------------------------------------------------------------------------- other formats
+
+
+def _read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Data (scl_slope applied) and affine through MONAI's ``NibabelReader``."""
+    reader = NibabelReader()
+    try:
+        data, meta = reader.get_data(reader.read(path))
+    except Exception as e:
+        raise MagnitudeInputError(path, f"not a readable NIfTI file ({type(e).__name__})") from None
+    return np.abs(data) if np.iscomplexobj(data) else data, np.asarray(meta["affine"], dtype=float)
+
+
+def _grey(data: np.ndarray, path: str) -> np.ndarray:
+    """Channels-last image -> grey: alpha must be opaque, colour channels equal (see module docstring)."""
+    channels = data.shape[-1]
+    if channels in (2, 4):
+        alpha = data[..., -1]
+        opaque = np.iinfo(alpha.dtype).max if alpha.dtype.kind in "ui" else 1.0
+        if not np.all(alpha == opaque):
+            raise MagnitudeInputError(path, "image has a transparent alpha channel")
+        data, channels = data[..., :-1], channels - 1
+    if channels == 3 and not (np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])):
+        raise MagnitudeInputError(path, "colour image (R, G, B differ): magnitude must be greyscale")
+    if channels not in (1, 3):
+        raise MagnitudeInputError(path, f"image with {channels} channels is not greyscale")
+    return data[..., 0]
+
+
+def _read_png(path: str) -> np.ndarray:
+    """``(H, W)`` through MONAI's ``PILReader`` (palette/CMYK modes become RGBA, then the grey rule)."""
+    def converter(im):
+        return im if im.mode in _PIL_DIRECT or im.mode.startswith("I;16") else im.convert("RGBA")
+
+    reader = PILReader(reverse_indexing=False, converter=converter)
+    try:
+        data, _ = reader.get_data(reader.read(path))
+    except Exception as e:
+        raise MagnitudeInputError(path, f"not a readable image file ({type(e).__name__})") from None
+    return _grey(data, path) if data.ndim == 3 else data
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    """``(H, W[, pages...])`` with ``tifffile``; samples (colour) go through the grey rule."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data, axes = series.asarray(), series.axes
+            palette = tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+    except Exception as e:
+        raise MagnitudeInputError(path, f"not a readable TIFF file ({type(e).__name__})") from None
+    if palette:
+        raise MagnitudeInputError(path, "palette (indexed colour) TIFF: magnitude must be greyscale")
+    if "S" in axes:
+        data = _grey(np.moveaxis(data, axes.index("S"), -1), path)
+    n = data.ndim
+    return np.transpose(data, (n - 2, n - 1, *reversed(range(n - 2)))) if n > 2 else data
+
+
+def _read_fastmri(path: str) -> np.ndarray:
+    """``(slices, H, W)``: the stored reconstruction, else RSS of fully sampled ``kspace``, slice by slice."""
+    try:
+        n = fastmri_h5.num_slices(path)
+        with h5py.File(path, "r") as f:
+            keys = set(f.keys())
+        recon = next((k for k in ("reconstruction_rss", "reconstruction_esc") if k in keys), None)
+        if recon is None and "mask" in keys:
+            raise MagnitudeInputError(path, "undersampled k-space ('mask') and no reconstruction")
+        key = recon or "kspace"
+        slices = []
+        for i in range(n):
+            value = fastmri_h5.read_slice(path, i, keys=(key,))[key]
+            slices.append(value if recon else fastmri_h5.rss(value if value.ndim == 3 else value[None]))
+    except FastMRIFileError as e:
+        message = str(e)
+        raise MagnitudeInputError(path, message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message) from None
+    except MagnitudeInputError:
+        raise
+    except Exception as e:
+        raise MagnitudeInputError(path, f"not a readable fastMRI file ({type(e).__name__})") from None
+    return np.stack(slices)
+
+
+# ----------------------------------------------------------------------------- common
+
+
+def _to_slices(volume: np.ndarray, slice_axis: int, source: str) -> tuple[np.ndarray, int, int]:
+    """Validate a volume and cut it into ``(frames * n, H, W)`` float32 slices along ``slice_axis``."""
+    volume = np.asarray(volume)
+    while volume.ndim > 3 and volume.shape[-1] == 1:
+        volume = volume[..., 0]
+    if volume.ndim > 4:
+        raise MagnitudeInputError(source, f"{volume.ndim}-D array {volume.shape}: at most 4 dimensions are supported")
+    if volume.ndim < 2:
+        raise MagnitudeInputError(source, f"{volume.ndim}-D array is not an image")
+    if volume.ndim == 2:
+        volume, slice_axis = volume[..., None], 2
+    volume = volume.astype(np.float32)
+    if not np.all(np.isfinite(volume)):
+        raise MagnitudeInputError(source, "image contains NaN or Inf")
+    peak, low = float(volume.max()), float(volume.min())
+    if peak <= 0 and low >= 0:
+        raise MagnitudeInputError(source, "image is all zero")
+    if low < 0:
+        if -low > NEGATIVE_TOLERANCE * max(peak, 0.0):
+            raise MagnitudeInputError(source, f"signed image (min {low:.4g}, max {peak:.4g}): not a magnitude image")
+        volume = np.maximum(volume, 0.0)
+    frames = volume.shape[3] if volume.ndim == 4 else 1
+    stacked = np.moveaxis(volume.reshape(*volume.shape[:3], frames), (3, slice_axis), (0, 1))
+    slices = np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[2:]))
+    if min(slices.shape[1:]) < MIN_SIZE:
+        h, w = slices.shape[1:]
+        raise MagnitudeInputError(source, f"slices of {h}x{w} are smaller than {MIN_SIZE}x{MIN_SIZE}")
+    return slices, slice_axis, frames
+
+
+def _relative(path: str, root: str | os.PathLike | None) -> str:
+    """The path used in ``id``: relative to ``root`` when given, else absolute."""
+    absolute = os.path.abspath(path)
+    return os.path.relpath(absolute, os.path.abspath(root)) if root is not None else absolute
+
+
+def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_axis: int = 2, *,
+                   root: str | os.PathLike | None = None) -> MagnitudeVolume:
+    """Load one input unit (file, DICOM folder/file list, or a :func:`find_inputs` unit).
+
+    ``root`` only makes ``id`` relative to an archive root (as :func:`iter_magnitude_volumes` does),
+    so ids stay stable when the archive moves. Raises :class:`MagnitudeInputError`.
+    """
+    if slice_axis not in (0, 1, 2, -1, -2, -3):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    slice_axis %= 3
+    if isinstance(unit, (str, os.PathLike)):
+        unit = os.fspath(unit)
+        if os.path.isfile(unit):
+            kind = _kind(unit)
+            if kind is None:
+                raise MagnitudeInputError(unit, "unsupported file type")
+        else:
+            kind = "dicom"  # a series folder or a #series- unit
+    else:
+        kind = "dicom"
+    uid = ""
+    affine = np.eye(4)
+    try:
+        if kind == "dicom":
+            volume, affine, source, id_path, uid = _read_dicom(unit)
+        else:
+            source = id_path = unit
+            if kind == "nifti":
+                volume, affine = _read_nifti(unit)
+            elif kind == "png":
+                volume = _read_png(unit)
+            elif kind == "tiff":
+                volume = _read_tiff(unit)
+            else:
+                volume, slice_axis = _read_fastmri(unit), 0
+    except MemoryError:
+        raise
+    except MagnitudeInputError:
+        raise
+    except Exception as e:  # any other library failure on a strange file is a bad input, not a crash
+        shown = unit if isinstance(unit, str) else list(unit)
+        raise MagnitudeInputError(shown, f"unreadable {kind} input ({type(e).__name__})") from None
+    magnitude, slice_axis, frames = _to_slices(volume, slice_axis, source)
+    return MagnitudeVolume(
+        id=anonymous_id(kind, _relative(id_path, root), uid),
+        source=source,
+        kind=kind,
+        magnitude=magnitude,
+        affine=np.asarray(affine, dtype=np.float64),
+        slice_axis=slice_axis,
+        frames=frames,
+    )
+
+
+def iter_magnitude_volumes(root: str | os.PathLike, slice_axis: int = 2,
+                           bad: list[BadInput] | None = None) -> Iterator[MagnitudeVolume]:
+    """Yield every readable unit under ``root`` (one in memory at a time); bad ones go to ``bad`` and the log."""
+    for unit in find_inputs(root):
+        try:
+            volume = load_magnitude(unit, slice_axis, root=root)
+        except MagnitudeInputError as e:
+            logger.warning("skipped %s", e)
+            if bad is not None:
+                bad.append(BadInput(source=e.path, reason=e.reason))
+            continue
+        yield volume
+
+
+class LoadMagnituded(MapTransform):
+    """Dictionary transform: ``d[key]`` (a unit) -> ``(slices, H, W)`` float32 magnitude.
+
+    Adds ``d[f"{key}_id"]`` and ``d[f"{key}_info"]`` (``id``, ``kind``, ``affine``, ``slice_axis``,
+    ``frames``: enough for :func:`slices_to_volume`); the source path is not copied into the data.
+    """
+
+    def __init__(self, keys: KeysCollection, slice_axis: int = 2, root: str | os.PathLike | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.slice_axis, self.root = slice_axis, root
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            volume = load_magnitude(d[key], self.slice_axis, root=self.root)
+            d[key] = volume.magnitude
+            d[f"{key}_id"] = volume.id
+            d[f"{key}_info"] = {"id": volume.id, "kind": volume.kind, "affine": volume.affine,
+                                "slice_axis": volume.slice_axis, "frames": volume.frames}
+        return d
