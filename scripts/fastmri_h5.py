@@ -25,7 +25,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import sigpy
+
+from scripts.fft import ifft2c
 
 __all__ = [
     "FastMRIFileError",
@@ -50,7 +51,7 @@ def anonymous_id(*parts: object) -> str:
 
 def rss(kspace: np.ndarray, coil_axis: int = -3) -> np.ndarray:
     """Root-sum-of-squares image of centred multi-coil k-space ``(..., coils, H, W)``."""
-    images = sigpy.ifft(kspace, axes=(-2, -1), center=True, norm="ortho")
+    images = ifft2c(np.asarray(kspace))
     return np.sqrt(np.sum(np.abs(images) ** 2, axis=coil_axis)).astype(np.float32)
 
 
@@ -93,14 +94,15 @@ def write_fastmri(
     kspace = np.asarray(kspace)
     if kspace.ndim not in (3, 4) or not np.iscomplexobj(kspace):
         raise FastMRIFileError(f"{path}: kspace must be complex (slices, [coils,] H, W), got {kspace.dtype} {kspace.shape}")
-    kspace = kspace.astype(np.complex64)
+    kspace = kspace.astype(np.complex64, copy=False)
     multicoil = kspace.ndim == 4
-    recon = rss(kspace) if multicoil else np.abs(sigpy.ifft(kspace, axes=(-2, -1), center=True, norm="ortho"))
+    recon = rss(kspace) if multicoil else np.abs(ifft2c(kspace))
     recon = recon.astype(np.float32)
     height, width = kspace.shape[-2:]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("kspace", data=kspace)
@@ -119,6 +121,12 @@ def write_fastmri(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _open(path: str | os.PathLike) -> h5py.File:

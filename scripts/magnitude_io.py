@@ -30,7 +30,10 @@ result with ``nib.Nifti1Image(slices_to_volume(vol, out), vol.affine)``.
   16-bit kept. Colour policy: an RGB(A)/palette image is accepted only when R == G == B
   (a grey image saved as RGB) and any alpha channel is fully opaque; otherwise it is an
   error, never a silent conversion. Multi-page TIFF is a ``(H, W, pages)`` volume.
-- fastMRI h5 (:mod:`scripts.fastmri_h5`): ``reconstruction_rss`` (multi-coil) or
+- fastMRI h5 (:mod:`scripts.fastmri_h5`): ``|image_complex|`` when the file is a paired
+  complex file (the simulator's, or :mod:`scripts.synthesize` output; the complex image is
+  then kept as ``MagnitudeVolume.reference`` for the ``ground_truth`` phase source), else
+  ``reconstruction_rss`` (multi-coil) or
   ``reconstruction_esc`` (single-coil) if present, else the RSS of ``kspace``; slices are
   the file's slices (``slice_axis`` is 0, identity affine). Undersampled files (a ``mask``
   and no reconstruction) are refused.
@@ -115,6 +118,7 @@ class MagnitudeVolume:
     affine: np.ndarray
     slice_axis: int
     frames: int = 1  # volumes along the 4th axis, concatenated along the slices (1 for 2-D/3-D)
+    reference: np.ndarray | None = None  # (slices, H, W) complex paired image, fastMRI ``image_complex`` only
 
     def __repr__(self) -> str:  # no source (paths may be identifying), no pixel dump
         return (f"MagnitudeVolume(id={self.id!r}, kind={self.kind!r}, shape={tuple(self.magnitude.shape)}, "
@@ -408,12 +412,21 @@ def _read_tiff(path: str) -> np.ndarray:
     return np.transpose(data, (n - 2, n - 1, *reversed(range(n - 2)))) if n > 2 else data
 
 
-def _read_fastmri(path: str) -> np.ndarray:
-    """``(slices, H, W)``: the stored reconstruction, else RSS of fully sampled ``kspace``, slice by slice."""
+def _read_fastmri(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(magnitude (slices, H, W), paired complex image or None)``, slice by slice.
+
+    Magnitude: ``|image_complex|`` when present, else the stored reconstruction, else the RSS
+    of fully sampled ``kspace``.
+    """
     try:
         n = fastmri_h5.num_slices(path)
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
+        if "image_complex" in keys:
+            reference = np.stack([fastmri_h5.read_slice(path, i, ("image_complex",))["image_complex"] for i in range(n)])
+            if reference.ndim != 3 or not np.iscomplexobj(reference):
+                raise MagnitudeInputError(path, f"'image_complex' must be complex (slices, H, W), got {reference.shape}")
+            return np.abs(reference).astype(np.float32), reference.astype(np.complex64)
         recon = next((k for k in ("reconstruction_rss", "reconstruction_esc") if k in keys), None)
         if recon is None and "mask" in keys:
             raise MagnitudeInputError(path, "undersampled k-space ('mask') and no reconstruction")
@@ -429,7 +442,7 @@ def _read_fastmri(path: str) -> np.ndarray:
         raise
     except Exception as e:
         raise MagnitudeInputError(path, f"not a readable fastMRI file ({type(e).__name__})") from None
-    return np.stack(slices)
+    return np.stack(slices), None
 
 
 # ----------------------------------------------------------------------------- common
@@ -492,7 +505,7 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
     else:
         kind = "dicom"
     uid = ""
-    affine = np.eye(4)
+    affine, reference = np.eye(4), None
     try:
         if kind == "dicom":
             volume, affine, source, id_path, uid = _read_dicom(unit)
@@ -505,7 +518,7 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
             elif kind == "tiff":
                 volume = _read_tiff(unit)
             else:
-                volume, slice_axis = _read_fastmri(unit), 0
+                (volume, reference), slice_axis = _read_fastmri(unit), 0
     except MemoryError:
         raise
     except MagnitudeInputError:
@@ -522,6 +535,7 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
         affine=np.asarray(affine, dtype=np.float64),
         slice_axis=slice_axis,
         frames=frames,
+        reference=reference,
     )
 
 

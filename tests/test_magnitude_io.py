@@ -365,3 +365,15 @@ def test_load_magnituded_in_compose(tmp_path):
     series = LoadMagnituded(keys="image")({"image": str(tmp_path / "ser")})
     np.testing.assert_array_equal(series["image"], stack.astype(np.float32))
     assert series["image_info"]["kind"] == "dicom" and series["image_info"]["affine"].shape == (4, 4)
+
+
+def test_paired_fastmri_gives_complex_reference(tmp_path):
+    """A paired complex h5 (simulator / synthesis output): magnitude = |image_complex|, reference kept."""
+    rng = np.random.default_rng(3)
+    image = (rng.uniform(0.5, 1.0, (2, 16, 16)) * np.exp(1j * rng.uniform(-3, 3, (2, 16, 16)))).astype(np.complex64)
+    kspace = rng.standard_normal((2, 2, 16, 16)).astype(np.complex64)
+    path = write_fastmri(tmp_path / "paired.h5", kspace, extra={"image_complex": image})
+    volume = load_magnitude(str(path))
+    np.testing.assert_array_equal(volume.reference, image)
+    np.testing.assert_allclose(volume.magnitude, np.abs(image), rtol=1e-6)
+    assert volume.slice_axis == 0 and "reference" not in repr(volume)
