@@ -51,11 +51,16 @@ def test_no_monai_generative():
     assert not re.search(r"^monai[-_]generative", text, re.M)
 
 
+# Override files are used on top of a base: --config_file "['configs/<base>','configs/<overlay>']".
+OVERLAYS = {"multi_gpu_train.json": "train.json", "study_full.json": "study.json", "study_fastmri.json": "study.json"}
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.json") if p.name != "metadata.json"))
 def test_configs_parse(config, monkeypatch):
     monkeypatch.chdir(ROOT)
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / config))
+    files = [str(ROOT / "configs" / c) for c in (OVERLAYS.get(config), config) if c]
+    parser.read_config(files)
     parser.parse()
     assert parser.get("imports") is not None, f"{config}: every config imports the bundle's package"
 

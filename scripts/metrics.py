@@ -1,0 +1,128 @@
+"""Reconstruction metrics with the fastMRI definitions, and a bootstrap confidence interval.
+
+All functions take real magnitude images (RSS, centre-cropped by the caller or with
+:func:`center_crop`), ground truth first:
+
+- NMSE = ||x_hat - x||^2 / ||x||^2 (over the array given: a slice or a whole volume);
+- PSNR = 10 log10(data_range^2 / MSE), data_range = max of the ground-truth VOLUME
+  (skimage ``peak_signal_noise_ratio``);
+- SSIM per slice, skimage ``structural_similarity`` defaults (7x7 uniform window, K1 = 0.01,
+  K2 = 0.03, sample covariance), data_range = volume max; a volume's SSIM is the mean over
+  its slices (fastMRI ``evaluate.py``).
+
+:func:`slice_metrics` / :func:`volume_metrics` give both levels for one volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+__all__ = [
+    "METRICS",
+    "bootstrap_ci",
+    "center_crop",
+    "nmse",
+    "psnr",
+    "slice_metrics",
+    "ssim",
+    "volume_metrics",
+]
+
+METRICS = ("nmse", "psnr", "ssim")
+
+
+def center_crop(x: np.ndarray, shape: Sequence[int] | None) -> np.ndarray:
+    """Centre crop of the last two axes to ``shape`` (no-op for ``None`` or a larger shape), fastMRI-style."""
+    if shape is None:
+        return x
+    h, w = x.shape[-2:]
+    ch, cw = min(int(shape[0]), h), min(int(shape[1]), w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
+def _pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gt, pred = np.asarray(gt, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
+    return gt, pred
+
+
+def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """||pred - gt||^2 / ||gt||^2."""
+    gt, pred = _pair(gt, pred)
+    return float(np.sum((pred - gt) ** 2) / np.sum(gt**2))
+
+
+def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
+    """PSNR in dB with ``data_range`` (default: ``gt.max()``, i.e. the volume max when ``gt`` is a volume)."""
+    gt, pred = _pair(gt, pred)
+    data_range = float(gt.max()) if data_range is None else float(data_range)
+    if np.array_equal(gt, pred):
+        return float("inf")
+    if not np.isfinite(pred).all():
+        return float("nan")
+    return float(peak_signal_noise_ratio(gt, pred, data_range=data_range))
+
+
+def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
+    """SSIM of a slice ``(H, W)``, or the mean over the slices of a volume ``(S, H, W)``.
+
+    skimage defaults (7x7 uniform window); ``data_range`` defaults to ``gt.max()`` over the
+    whole array, which for a volume is the fastMRI volume max.
+    """
+    gt, pred = _pair(gt, pred)
+    data_range = float(gt.max()) if data_range is None else float(data_range)
+    if not np.isfinite(pred).all():
+        return float("nan")
+    if gt.ndim == 2:
+        return float(structural_similarity(gt, pred, data_range=data_range))
+    if gt.ndim == 3:
+        return float(np.mean([structural_similarity(g, p, data_range=data_range) for g, p in zip(gt, pred)]))
+    raise ValueError(f"ssim takes (H, W) or (S, H, W), got {gt.shape}")
+
+
+def slice_metrics(gt_volume: np.ndarray, pred_volume: np.ndarray) -> list[dict[str, float]]:
+    """Per-slice NMSE, PSNR and SSIM of one volume ``(S, H, W)``; PSNR and SSIM use the volume max."""
+    gt_volume, pred_volume = _pair(gt_volume, pred_volume)
+    data_range = float(gt_volume.max())
+    return [
+        {"nmse": nmse(g, p), "psnr": psnr(g, p, data_range), "ssim": ssim(g, p, data_range)}
+        for g, p in zip(gt_volume, pred_volume)
+    ]
+
+
+def volume_metrics(gt_volume: np.ndarray, pred_volume: np.ndarray) -> dict[str, float]:
+    """fastMRI volume metrics: NMSE and PSNR over the whole volume, SSIM = mean over slices (volume max)."""
+    gt_volume, pred_volume = _pair(gt_volume, pred_volume)
+    return {"nmse": nmse(gt_volume, pred_volume), "psnr": psnr(gt_volume, pred_volume), "ssim": ssim(gt_volume, pred_volume)}
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+) -> tuple[float, float, float]:
+    """``(statistic, low, high)``: percentile bootstrap interval of ``statistic`` over ``values``.
+
+    Non-finite values (e.g. an infinite PSNR of a perfect slice) are dropped first. With a
+    single value the interval collapses to it; with none everything is NaN.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(statistic(x))
+    if x.size == 1:
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(int(n), x.size))
+    stats = np.array([statistic(x[i]) for i in idx]) if statistic is not np.mean else x[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return point, float(low), float(high)

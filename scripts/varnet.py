@@ -1,0 +1,522 @@
+"""VarNet on fastMRI-format k-space: data, network, loss, engine helpers and the training API.
+
+The network is MONAI's end-to-end VarNet
+(:class:`~monai.apps.reconstruction.networks.nets.varnet.VariationalNetworkModel`) with a
+:class:`~monai.apps.reconstruction.networks.nets.complex_unet.ComplexUnet` per cascade and a
+coil-sensitivity U-Net on the auto-calibration (ACS) region. MONAI's constraints, and how
+this module meets them:
+
+- k-space is ``(B, coils, H, W, 2)`` (real/imaginary last) and the mask is bool with a leading
+  dim of 1, ``(1, 1, 1, W, 1)``: so batch size 1 (MONAI#5886); :func:`prepare_varnet_batch`
+  refuses larger batches.
+- 2-D (Poisson-disc) masks ``(1, 1, H, W, 1)``: the cascades accept them (``torch.where``
+  broadcasts), MONAI's :class:`CoilSensitivityModel` does not (its ACS search evaluates
+  ``bool(mask[..., i, :])``, ambiguous for a column with more than one row).
+  :class:`ACSCoilSensitivityModel` is a drop-in subclass (same parameters and state-dict keys)
+  that uses the largest fully sampled centre box for 2-D masks and MONAI's own code for 1-D.
+- The output is the RSS magnitude ``(B, H, W)``; :class:`VarNetSSIMLoss` and
+  :class:`SliceReconMetric` centre-crop it to the target and add the channel dim.
+
+Data (:class:`FastMRISliceDataset`): a slice-level streaming dataset over fastMRI h5 files;
+each item reads ONE slice with :func:`scripts.fastmri_h5.read_slice`. Per item:
+
+- k-space ``(C, H, W)`` is masked (mask from :class:`scripts.masks.MaskSampler`: random for
+  training, fixed per (file, slice) for validation/evaluation);
+- scaling: the masked k-space and the target are divided by a per-slice factor computed from
+  the MEASURED data only, ``scale = max(RSS of the zero-filled image)`` (no ground truth leaks
+  into the network input; the same factor is available at test time). The network works on
+  images of peak ~1; predictions are multiplied back by ``scale`` before metrics, so metrics
+  are in file units. (fastMRI's own VarNet does not rescale brain k-space and relies on the
+  U-Nets' input normalisation, which MONAI's ComplexUnet also has; the factor keeps the
+  data-consistency arithmetic and the loss well conditioned on any data scale.)
+- target = ``reconstruction_rss`` (or the RSS of the full k-space when absent), centre-cropped
+  to ``crop_size`` when one is configured (fastMRI brain: 320x320); the network output is
+  centre-cropped to the target's shape in the loss and the metrics.
+
+Training API: :func:`train_varnet` runs ``configs/train_varnet.json`` through MONAI's
+``ConfigWorkflow`` and returns the best checkpoint (``<output_dir>/model.pt``, a plain state
+dict, best by validation SSIM). ``<output_dir>`` also holds ``checkpoint_iteration=N.pt``
+(every ``checkpoint_interval`` iterations) and ``checkpoint_final_iteration=N.pt`` (at the end
+or on an exception), each ``{"model", "optimizer", "trainer"}``: a rerun with ``resume=True``
+(default) restores the newest of them with ``CheckpointLoader`` and continues from that
+iteration (keep ``epoch_length`` unchanged), and :class:`KeyMetricState` keeps the best score
+so ``model.pt`` is only replaced by a better model. Networks are rebuilt from the
+``varnet.json`` written next to the checkpoints (:func:`load_varnet`).
+
+Threads: on a small shared CPU, torch's intra-op threads spin against other jobs (measured
+50x slower with 2 threads than 1 on the 2-core development machine under load); set
+``num_threads=1`` (config key / ``train_varnet(..., num_threads=1)``) there.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.apps.reconstruction.networks.nets.coil_sensitivity_model import CoilSensitivityModel
+from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
+from monai.apps.reconstruction.networks.nets.utils import (
+    reshape_batch_channel_to_channel_dim,
+    reshape_channel_to_batch_dim,
+)
+from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
+from monai.apps.reconstruction.mri_utils import root_sum_of_squares_t
+from monai.losses import SSIMLoss
+from monai.metrics import CumulativeIterationMetric
+from monai.networks.blocks.fft_utils_t import ifftn_centered_t
+
+from scripts.fastmri_h5 import num_slices, read_slice, rss
+from scripts.masks import MaskSampler, acs_bounds, to_varnet_mask
+from scripts.metrics import center_crop, nmse, psnr, ssim
+
+__all__ = [
+    "ACSCoilSensitivityModel",
+    "CPU_PROFILE",
+    "FULL_PROFILE",
+    "FastMRISliceDataset",
+    "KeyMetricState",
+    "SliceReconMetric",
+    "VarNetSSIMLoss",
+    "build_varnet",
+    "center_crop_t",
+    "latest_checkpoint",
+    "list_h5",
+    "load_varnet",
+    "prepare_example",
+    "prepare_varnet_batch",
+    "read_network_spec",
+    "train_varnet",
+    "varnet_reconstruct",
+    "write_network_spec",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORK_SPEC = "varnet.json"
+BEST_CHECKPOINT = "model.pt"
+
+# The configs hold the same two profiles (configs/train_varnet.json#varnet_profiles).
+CPU_PROFILE = {"num_cascades": 4, "features": [8, 16, 32, 64, 128, 8], "sens_features": [4, 8, 16, 32, 64, 4]}
+FULL_PROFILE = {"num_cascades": 12, "features": [18, 36, 72, 144, 288, 18], "sens_features": [8, 16, 32, 64, 128, 8]}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# network
+# ----------------------------------------------------------------------------------------------------------------------
+class ACSCoilSensitivityModel(CoilSensitivityModel):
+    """MONAI's coil-sensitivity model, also for 2-D masks ``(1, 1, H, W, 1)`` (Poisson-disc).
+
+    1-D column masks ``(1, 1, 1, W, 1)`` go through MONAI's code unchanged. For a 2-D mask the
+    ACS is the largest fully sampled box around the k-space centre
+    (:func:`scripts.masks.acs_bounds`); k-space outside it is zeroed before the inverse FFT and
+    the U-Net, then the maps are normalised to unit RSS, exactly as in the 1-D case. The
+    parameters are MONAI's, so state dicts are interchangeable with the plain model.
+    """
+
+    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.spatial_dims != 2 or mask.shape[-3] == 1:
+            return super().forward(masked_kspace, mask)
+        top, bottom, left, right = acs_bounds(mask.reshape(mask.shape[-3], mask.shape[-2]))
+        x = torch.zeros_like(masked_kspace)
+        x[..., top:bottom, left:right, :] = masked_kspace[..., top:bottom, left:right, :]
+        x = ifftn_centered_t(x, spatial_dims=self.spatial_dims, is_complex=True)
+        x, b = reshape_channel_to_batch_dim(x)
+        x = self.conv_net(x)
+        x = reshape_batch_channel_to_channel_dim(x, b)
+        return x / root_sum_of_squares_t(x, spatial_dim=self.coil_dim).unsqueeze(self.coil_dim)
+
+
+def build_varnet(
+    num_cascades: int = CPU_PROFILE["num_cascades"],
+    features: Sequence[int] = tuple(CPU_PROFILE["features"]),
+    sens_features: Sequence[int] = tuple(CPU_PROFILE["sens_features"]),
+    pad_factor: int = 16,
+    acs_2d: bool = True,
+) -> VariationalNetworkModel:
+    """MONAI's VarNet: ``num_cascades`` ComplexUnet cascades plus a coil-sensitivity ComplexUnet.
+
+    Defaults are the CPU profile; :data:`FULL_PROFILE` is the MONAI tutorial's network (12
+    cascades, features [18, 36, 72, 144, 288, 18], sensitivity [8, 16, 32, 64, 128, 8]).
+    ``acs_2d=False`` uses MONAI's plain :class:`CoilSensitivityModel` (column masks only; same
+    state dict), e.g. for TorchScript export.
+    """
+    sens_cls = ACSCoilSensitivityModel if acs_2d else CoilSensitivityModel
+    return VariationalNetworkModel(
+        coil_sensitivity_model=sens_cls(spatial_dims=2, features=tuple(sens_features)),
+        refinement_model=ComplexUnet(spatial_dims=2, features=tuple(features), pad_factor=pad_factor),
+        num_cascades=int(num_cascades),
+    )
+
+
+def write_network_spec(output_dir: str | os.PathLike, varnet_kwargs: Mapping[str, Any]) -> Path:
+    """Write the network's :func:`build_varnet` kwargs to ``<output_dir>/varnet.json`` (so evaluation rebuilds it)."""
+    path = Path(output_dir) / NETWORK_SPEC
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in dict(varnet_kwargs).items()}
+    path.write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+def read_network_spec(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The kwargs in ``varnet.json`` next to ``checkpoint``, or ``None``."""
+    path = Path(checkpoint).parent / NETWORK_SPEC
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_varnet(
+    checkpoint: str | os.PathLike,
+    varnet_kwargs: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> VariationalNetworkModel:
+    """A VarNet with the weights of ``checkpoint``, in eval mode.
+
+    The architecture comes from ``varnet_kwargs``, else from ``varnet.json`` beside the
+    checkpoint, else the CPU profile. Accepts the best checkpoint ``model.pt`` (a bare
+    state dict), a resume checkpoint (``{"model", "optimizer", "trainer"}``) or ``{"model": ...}``;
+    always loaded with ``torch.load(..., weights_only=True)``.
+    """
+    kwargs = dict(varnet_kwargs) if varnet_kwargs else (read_network_spec(checkpoint) or dict(CPU_PROFILE))
+    net = build_varnet(**kwargs)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "model" in state:
+        state = state["model"]
+    net.load_state_dict(state)
+    return net.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------------
+def list_h5(dataset_dir: str | os.PathLike, split: str | None = None) -> list[str]:
+    """Sorted ``*.h5`` files in ``dataset_dir/split`` (or ``dataset_dir`` itself when ``split`` is None or absent)."""
+    root = Path(dataset_dir)
+    folder = root / split if split and (root / split).is_dir() else root
+    if split and not (root / split).is_dir() and not glob.glob(str(root / "*.h5")):
+        raise FileNotFoundError(f"{root}: no '{split}' folder and no .h5 files")
+    return sorted(glob.glob(str(folder / "*.h5")))
+
+
+def center_crop_t(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Centre crop of the last two dims of a tensor (fastMRI convention, as :func:`scripts.metrics.center_crop`)."""
+    h, w = x.shape[-2:]
+    ch, cw = min(int(shape[-2]), h), min(int(shape[-1]), w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
+def prepare_example(
+    kspace: np.ndarray,
+    mask: np.ndarray,
+    target: np.ndarray | None = None,
+    crop_size: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """One VarNet input from full k-space ``(C, H, W)`` (or ``(H, W)`` single-coil) and a mask.
+
+    Returns ``kspace`` ``(C, H, W, 2)`` float32 (masked, divided by ``scale``), ``mask`` bool
+    ``(1, 1|H, W, 1)``, ``target`` ``(h, w)`` float32 (divided by ``scale``), ``zero_filled``
+    ``(h, w)`` (file units), ``scale`` (the max of the zero-filled RSS).
+    """
+    kspace = np.asarray(kspace)
+    if kspace.ndim == 2:
+        kspace = kspace[None]
+    mask = np.asarray(mask, dtype=bool)
+    masked = (kspace * mask).astype(np.complex64)
+    zero_filled = rss(masked)
+    scale = float(zero_filled.max())
+    if not np.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    if target is None:
+        target = rss(kspace)
+    target = center_crop(np.asarray(target, dtype=np.float32), crop_size)
+    zero_filled = center_crop(zero_filled, target.shape)
+    return {
+        "kspace": torch.view_as_real(torch.from_numpy(masked / np.complex64(scale))).contiguous(),
+        "mask": to_varnet_mask(mask)[0],
+        "target": torch.from_numpy(np.ascontiguousarray(target / np.float32(scale))),
+        "zero_filled": torch.from_numpy(np.ascontiguousarray(zero_filled)),
+        "scale": torch.tensor(scale, dtype=torch.float32),
+    }
+
+
+class FastMRISliceDataset(torch.utils.data.Dataset):
+    """Slices of fastMRI multi-coil h5 files, read one at a time (the volumes are never loaded).
+
+    Args:
+        data: h5 file paths.
+        mask_sampler: :class:`scripts.masks.MaskSampler` (mask type, R list, centre fractions, seed).
+        crop_size: centre crop ``(h, w)`` of the target, or ``None`` (target as stored).
+        fixed_masks: ``False`` = a random mask per item (training; reproducible through torch's
+            seed, different in every DataLoader worker); ``True`` = the mask fixed by
+            ``(file name, slice)`` (validation/evaluation).
+        acceleration: with ``fixed_masks``, use this R for every slice (default: a fixed pick
+            from the sampler's list per slice).
+        max_slices: keep only the first N slices of the index (quick validation).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[str | os.PathLike],
+        mask_sampler: MaskSampler,
+        crop_size: Sequence[int] | None = None,
+        fixed_masks: bool = False,
+        acceleration: float | None = None,
+        max_slices: int | None = None,
+    ):
+        self.files = [str(f) for f in data]
+        if not self.files:
+            raise ValueError("FastMRISliceDataset: no h5 files given (check dataset_dir and its train/ and val/ folders)")
+        self.index = [(f, s) for f in self.files for s in range(num_slices(f))]
+        if max_slices:
+            self.index = self.index[: int(max_slices)]
+        self.mask_sampler = mask_sampler
+        self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
+        self.fixed_masks = bool(fixed_masks)
+        self.acceleration = acceleration
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path, s = self.index[i]
+        data = read_slice(path, s, keys=("kspace", "reconstruction_rss"))
+        kspace = data["kspace"]
+        shape = kspace.shape[-2:]
+        if self.fixed_masks:
+            mask, accel = self.mask_sampler.fixed(shape, (Path(path).name, s), self.acceleration)
+        else:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            mask, accel = self.mask_sampler.random(shape, rng)
+        example = prepare_example(kspace, mask, data.get("reconstruction_rss"), self.crop_size)
+        example.update(fname=Path(path).name, slice=s, acceleration=float(accel))
+        return example
+
+
+def prepare_varnet_batch(
+    batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor], dict]:
+    """``prepare_batch`` for MONAI engines: ``(kspace, target, (mask,), {})`` so the network gets ``net(kspace, mask)``."""
+    kspace = batchdata["kspace"]
+    if kspace.shape[0] != 1:
+        raise ValueError(
+            f"MONAI's VarNet takes one mask per batch (leading dim 1, MONAI#5886): use batch_size=1, got {kspace.shape[0]}"
+        )
+    mask = batchdata["mask"]
+    mask = mask.reshape(1, *mask.shape[-4:]) if mask.ndim == 5 else mask[None]
+    to = {"device": device, "non_blocking": non_blocking, **kwargs}
+    return kspace.to(**to), batchdata["target"].to(**to), (mask.to(**to),), {}
+
+
+@torch.no_grad()
+def varnet_reconstruct(
+    network: nn.Module, example: Mapping[str, Any], device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Run ``network`` on one :func:`prepare_example` output: the RSS magnitude in file units, cropped to the target."""
+    kspace = example["kspace"][None].to(device)
+    mask = example["mask"][None].to(device)
+    out = network(kspace, mask)[0]
+    out = center_crop_t(out, example["target"].shape) * example["scale"].to(out.device)
+    return out.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# loss and validation metric
+# ----------------------------------------------------------------------------------------------------------------------
+class VarNetSSIMLoss(nn.Module):
+    """``1 - SSIM`` between VarNet's RSS output ``(B, H, W)`` and the target ``(B, h, w)``.
+
+    The output is centre-cropped to the target; both are divided by the target's max per
+    sample so that MONAI's :class:`~monai.losses.SSIMLoss` runs with ``data_range`` = target max.
+    The window is the fastMRI loss/metric one (7x7 uniform, K1 = 0.01, K2 = 0.03).
+    """
+
+    def __init__(self, win_size: int = 7, kernel_type: str = "uniform", k1: float = 0.01, k2: float = 0.03):
+        super().__init__()
+        self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0, kernel_type=kernel_type, win_size=win_size, k1=k1, k2=k2)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pred = center_crop_t(pred, target.shape[-2:])
+        data_range = target.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return self.ssim(pred.unsqueeze(1) / data_range, target.unsqueeze(1) / data_range)
+
+
+class SliceReconMetric(CumulativeIterationMetric):
+    """Validation metric over slices: ``"ssim"``, ``"psnr"`` or ``"nmse"`` (scripts.metrics), mean over slices.
+
+    The prediction is centre-cropped to the target; ``data_range`` is the slice's target max
+    (a validation proxy: the evaluator uses the volume max, as fastMRI does).
+    """
+
+    def __init__(self, metric: str = "ssim"):
+        super().__init__()
+        if metric not in ("ssim", "psnr", "nmse"):
+            raise ValueError(f"metric must be ssim, psnr or nmse, got {metric!r}")
+        self.metric = metric
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        values = []
+        for p, t in zip(y_pred, y):
+            t_np = t.detach().float().cpu().numpy()
+            p_np = center_crop_t(p.detach().float(), t.shape[-2:]).cpu().numpy()
+            if self.metric == "nmse":
+                values.append(nmse(t_np, p_np))
+            elif self.metric == "psnr":
+                values.append(psnr(t_np, p_np, float(t_np.max())))
+            else:
+                values.append(ssim(t_np, p_np, float(t_np.max())))
+        return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)
+
+    def aggregate(self) -> float:  # type: ignore[override]
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("the data to aggregate must be a PyTorch Tensor")
+        data = data[torch.isfinite(data)]
+        return float(data.mean()) if data.numel() else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# checkpoints and the training API
+# ----------------------------------------------------------------------------------------------------------------------
+class KeyMetricState:
+    """Keeps a best-model :class:`~monai.handlers.CheckpointSaver`'s record across a resumed run.
+
+    After each validation it writes the saver's key-metric tracking list (best score and file)
+    to ``path`` (JSON); when built with ``resume=True`` and the file exists, it loads it back
+    into the saver (``CheckpointSaver.load_state_dict``) and into the evaluator's
+    ``best_metric``, so a resumed run only replaces ``model.pt`` with a better model. (MONAI's
+    own ``key_metric_save_state`` puts the record inside ``model.pt``, which then no longer
+    loads as a plain state dict.) Attach it to the evaluator after the saver.
+    """
+
+    def __init__(self, saver: Any, path: str | os.PathLike, resume: bool = True):
+        self.saver = saver
+        self.path = Path(path)
+        self.best: tuple[float, int] | None = None
+        if resume and self.path.is_file():
+            state = json.loads(self.path.read_text())
+            saver.load_state_dict({"_saved": [tuple(item) for item in state["saved"]]})
+            self.best = (float(state["best_metric"]), int(state.get("best_metric_epoch", -1)))
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._restore)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _restore(self, engine: Any) -> None:
+        if self.best is not None and engine.state.best_metric_epoch < 0:
+            engine.state.best_metric, engine.state.best_metric_epoch = self.best
+
+    def _save(self, engine: Any) -> None:
+        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)
+        if checkpoint is None:
+            return
+        saved = [[float(priority), str(name)] for priority, name in checkpoint.state_dict()["_saved"]]
+        state = {"saved": saved, "best_metric": float(engine.state.best_metric), "best_metric_epoch": int(engine.state.best_metric_epoch)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state) + "\n")
+        os.replace(tmp, self.path)
+
+
+_CKPT_RE = re.compile(r"checkpoint_(?:final_)?iteration=(\d+)\.pt$")
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The resume checkpoint with the highest trainer iteration in ``output_dir`` (interval or final), or ``None``."""
+    best, best_it = None, -1
+    for p in Path(output_dir).glob("*checkpoint_*iteration=*.pt"):
+        m = _CKPT_RE.search(p.name)
+        if m and int(m.group(1)) > best_it:
+            best, best_it = str(p), int(m.group(1))
+    return best
+
+
+def train_varnet(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    accelerations: Sequence[float] = (4, 6, 8, 10),
+    mask_type: str = "equispaced",
+    epochs: int = 10,
+    epoch_length: int | None = None,
+    seed: int = 0,
+    center_fractions: float | Sequence[float] = 0.04,
+    crop_size: Sequence[int] | None = None,
+    varnet_profile: str = "cpu",
+    varnet_kwargs: Mapping[str, Any] | None = None,
+    lr: float = 1e-3,
+    resume: bool = True,
+    device: str | None = None,
+    num_workers: int = 0,
+    progress_bar: bool = False,
+    config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    **overrides: Any,
+) -> Path:
+    """Train a VarNet on ``dataset_dir/{train,val}`` with ``configs/train_varnet.json``; returns the best checkpoint.
+
+    Args:
+        dataset_dir: fastMRI-format folder with ``train/`` and ``val/`` sub-folders of h5 files.
+        output_dir: checkpoints (``model.pt`` = best by val SSIM, ``checkpoint_iteration=N.pt``
+            = resume state), ``varnet.json`` (architecture) and TensorBoard logs (``logs/``).
+        accelerations: R values; one entry = one model per R, several = mixed-R training.
+        mask_type: ``"equispaced"`` (default, as the published comparison), ``"random"``, ``"poisson"``.
+        epochs: max epochs (a resumed run continues up to this count).
+        epoch_length: iterations per epoch (``None`` = one pass over the training slices).
+        seed: torch/numpy seed, also the base of the fixed validation masks.
+        crop_size: centre crop of target/output, e.g. ``(320, 320)`` for fastMRI brain.
+        varnet_profile: ``"cpu"`` (4 cascades, small) or ``"full"`` (MONAI tutorial size);
+            ``varnet_kwargs`` overrides it entirely.
+        resume: continue from the latest checkpoint in ``output_dir`` when there is one.
+        overrides: any other config id, e.g. ``checkpoint_interval=50``, ``val_max_slices=20``.
+    Returns:
+        ``Path`` of ``<output_dir>/model.pt`` (or of the latest resume checkpoint if no validation ran).
+    """
+    from monai.bundle import ConfigWorkflow
+
+    config_file = config_file or str(ROOT / "configs" / "train_varnet.json")
+    pairs: dict[str, Any] = {
+        "bundle_root": str(ROOT),
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "accelerations": [float(a) for a in accelerations],
+        "mask_type": mask_type,
+        "epochs": int(epochs),
+        "epoch_length": epoch_length,
+        "seed": int(seed),
+        "center_fractions": center_fractions if np.isscalar(center_fractions) else list(center_fractions),
+        "crop_size": None if crop_size is None else list(crop_size),
+        "varnet_profile": varnet_profile,
+        "lr": float(lr),
+        "resume": bool(resume),
+        "num_workers": int(num_workers),
+        "progress_bar": bool(progress_bar),
+    }
+    if varnet_kwargs is not None:
+        pairs["varnet_kwargs"] = dict(varnet_kwargs)
+    if device is not None:
+        pairs["device"] = f"$torch.device('{device}')"
+    pairs.update(overrides)
+    workflow = ConfigWorkflow(
+        config_file=[str(c) for c in config_file] if isinstance(config_file, (list, tuple)) else str(config_file),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=None,
+        run_id="training",
+        **pairs,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    best = Path(output_dir) / BEST_CHECKPOINT
+    if best.is_file():
+        return best
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        raise RuntimeError(f"training wrote no checkpoint to {output_dir}")
+    return Path(latest)

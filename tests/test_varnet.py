@@ -1,0 +1,232 @@
+"""VarNet training (each mask type), resume, checkpoints and the evaluator, on tiny fastMRI files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sigpy
+import sigpy.mri
+import torch
+
+from conftest import ROOT
+from scripts.fastmri_h5 import write_fastmri
+from scripts.masks import MaskSampler, make_mask, to_varnet_mask
+from scripts.varnet import (
+    CPU_PROFILE,
+    FULL_PROFILE,
+    FastMRISliceDataset,
+    build_varnet,
+    latest_checkpoint,
+    list_h5,
+    load_varnet,
+    prepare_example,
+    prepare_varnet_batch,
+    train_varnet,
+)
+
+SIZE, COILS = 48, 4
+TINY = {"num_cascades": 1, "features": [4, 4, 8, 16, 32, 4], "sens_features": [2, 2, 4, 8, 16, 2]}
+FAST = {"val_max_slices": 2, "checkpoint_interval": 1, "varnet_kwargs": TINY, "device": "cpu"}
+
+
+def _write_tiny_dataset(root: Path, slices: int = 2, seed: int = 0) -> Path:
+    """Elliptical phantoms with smooth phase, birdcage coils, a little noise: train 2 / val 1 / test 1 volumes."""
+    rng = np.random.default_rng(seed)
+    maps = sigpy.mri.birdcage_maps((COILS, SIZE, SIZE)).astype(np.complex64)
+    y, x = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
+    for split, count in (("train", 2), ("val", 1), ("test", 1)):
+        for v in range(count):
+            vol = []
+            for _ in range(slices):
+                a, b = rng.uniform(0.5, 0.8, 2)
+                mag = ((x / a) ** 2 + (y / b) ** 2 < 1) * (1 + 0.5 * np.sin(rng.uniform(2, 6) * x + rng.uniform(0, 3)))
+                img = mag * np.exp(1j * (rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y))
+                k = sigpy.fft(maps * img, axes=(-2, -1), center=True, norm="ortho")
+                vol.append(k + 1e-3 * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)))
+            write_fastmri(root / split / f"vol{v}.h5", np.stack(vol))
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two intra-op threads on a shared 2-core machine spin against other jobs (50x slower); one is enough here."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    return _write_tiny_dataset(tmp_path_factory.mktemp("fastmri"))
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_dir, tmp_path_factory) -> Path:
+    """One equispaced model trained for 1 epoch of 2 iterations (shared by the resume and evaluator tests)."""
+    out = tmp_path_factory.mktemp("varnet_equispaced")
+    return train_varnet(dataset_dir, out, accelerations=[4, 8], mask_type="equispaced", epochs=1, epoch_length=2, **FAST)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def test_profiles_in_config_match_python():
+    cfg = json.loads((ROOT / "configs" / "train_varnet.json").read_text())
+    assert cfg["varnet_profiles"]["cpu"] == CPU_PROFILE
+    assert cfg["varnet_profiles"]["full"] == FULL_PROFILE
+    full = build_varnet(**FULL_PROFILE)
+    assert len(full.cascades) == 12
+
+
+def test_varnet_takes_2d_masks_and_monai_sensitivity_model_does_not():
+    torch.manual_seed(0)
+    net = build_varnet(**TINY).eval()
+    kspace = torch.randn(1, COILS, 32, 32, 2)
+    mask2d = to_varnet_mask(make_mask("poisson", (32, 32), 4, 0.1, seed=0))
+    assert tuple(mask2d.shape) == (1, 1, 32, 32, 1)
+    with torch.no_grad():
+        out = net(kspace * mask2d, mask2d)
+        out1d = net(kspace, to_varnet_mask(make_mask("equispaced", (32, 32), 4, 0.1, seed=0)))
+    assert tuple(out.shape) == (1, 32, 32) and tuple(out1d.shape) == (1, 32, 32)
+    assert torch.isfinite(out).all()
+    plain = build_varnet(**TINY, acs_2d=False)
+    assert plain.state_dict().keys() == net.state_dict().keys()
+    plain.load_state_dict(net.state_dict())
+    with pytest.raises(RuntimeError):  # MONAI's ACS search: "Boolean value of Tensor with more than one value"
+        plain(kspace * mask2d, mask2d)
+
+
+def test_dataset_streams_slices_and_scales(dataset_dir):
+    files = list_h5(dataset_dir, "train")
+    ds = FastMRISliceDataset(files, MaskSampler("equispaced", [4], 0.08), crop_size=(40, 40), fixed_masks=True)
+    assert len(ds) == 4
+    item = ds[3]
+    assert tuple(item["kspace"].shape) == (COILS, SIZE, SIZE, 2) and item["kspace"].dtype == torch.float32
+    assert tuple(item["mask"].shape) == (1, 1, SIZE, 1) and item["mask"].dtype == torch.bool
+    assert tuple(item["target"].shape) == (40, 40)
+    assert float(item["zero_filled"].max()) == pytest.approx(float(item["scale"]), rel=1e-5)  # scale = zero-filled max
+    again = FastMRISliceDataset(files, MaskSampler("equispaced", [4], 0.08), crop_size=(40, 40), fixed_masks=True)[3]
+    assert torch.equal(item["mask"], again["mask"])
+    batch = torch.utils.data.default_collate([item])
+    kspace, target, (mask,), kwargs = prepare_varnet_batch(batch, "cpu")
+    assert tuple(mask.shape) == (1, 1, 1, SIZE, 1) and kwargs == {}
+    with pytest.raises(ValueError, match="batch_size=1"):
+        prepare_varnet_batch(torch.utils.data.default_collate([item, item]))
+
+
+def test_full_mask_reproduces_the_stored_rss(dataset_dir):
+    from scripts.fastmri_h5 import read_slice
+
+    data = read_slice(list_h5(dataset_dir, "val")[0], 1, keys=("kspace", "reconstruction_rss"))
+    ex = prepare_example(data["kspace"], np.ones((1, SIZE), bool), data["reconstruction_rss"])
+    np.testing.assert_allclose(ex["zero_filled"].numpy(), data["reconstruction_rss"], rtol=1e-4, atol=1e-6)
+    # and VarNet's FFT convention is the file's: its inverse FFT of the input is the same RSS
+    from monai.apps.reconstruction.complex_utils import complex_abs_t
+    from monai.apps.reconstruction.mri_utils import root_sum_of_squares_t
+    from monai.networks.blocks.fft_utils_t import ifftn_centered_t
+
+    img = root_sum_of_squares_t(complex_abs_t(ifftn_centered_t(ex["kspace"], spatial_dims=2)), spatial_dim=0)
+    np.testing.assert_allclose(img.numpy() * float(ex["scale"]), data["reconstruction_rss"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_type", ["random", "poisson"])
+def test_train_two_iterations_each_mask_type(dataset_dir, tmp_path, mask_type):
+    best = train_varnet(dataset_dir, tmp_path, accelerations=[4], mask_type=mask_type, epochs=1, epoch_length=2, **FAST)
+    assert best == tmp_path / "model.pt" and best.is_file()
+    state = torch.load(best, weights_only=True)
+    assert "cascades.0.dc_weight" in state
+    resume = torch.load(latest_checkpoint(tmp_path), weights_only=True)
+    assert set(resume) == {"model", "optimizer", "trainer"} and resume["trainer"]["iteration"] == 2
+    assert json.loads((tmp_path / "varnet.json").read_text()) == TINY
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+
+
+def test_equispaced_training_and_checkpoints(trained):
+    out = trained.parent
+    assert trained.name == "model.pt"
+    net = load_varnet(trained)  # weights_only=True inside
+    assert len(net.cascades) == 1
+    for p in out.glob("*.pt"):
+        torch.load(p, weights_only=True)
+    best = json.loads((out / "best_metric.json").read_text())
+    assert 0.0 <= best["best_metric"] <= 1.0 and best["best_metric_epoch"] == 1
+
+
+def test_resume_continues_from_the_saved_iteration(dataset_dir, trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained.parent, out)
+    before = torch.load(out / "checkpoint_final_iteration=2.pt", weights_only=True)["model"]
+    # same max_epochs: the restored trainer is already done, nothing trains again
+    train_varnet(dataset_dir, out, accelerations=[4, 8], epochs=1, epoch_length=2, **FAST)
+    assert latest_checkpoint(out).endswith("iteration=2.pt")
+    after = torch.load(out / "checkpoint_final_iteration=2.pt", weights_only=True)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # one more epoch: continues at iteration 3 and stops at 4
+    train_varnet(dataset_dir, out, accelerations=[4, 8], epochs=2, epoch_length=2, **FAST)
+    final = torch.load(latest_checkpoint(out), weights_only=True)
+    assert final["trainer"]["iteration"] == 4 and final["trainer"]["max_epochs"] == 2
+    assert any(not torch.equal(final["model"][k], before[k]) for k in before)
+    assert json.loads((out / "best_metric.json").read_text())["best_metric_epoch"] in (1, 2)
+
+
+def test_evaluator_writes_slice_and_volume_csvs(dataset_dir, trained, tmp_path):
+    from scripts.evaluate import evaluate_varnet
+
+    out = tmp_path / "eval"
+    res = evaluate_varnet(trained, dataset_dir, out, accelerations=[4, 8], center_fraction=0.1, label="gt", l1_max_iter=20)
+    files = {p.name for p in out.glob("*.csv")}
+    assert files == {"slice_metrics.csv", "volume_metrics.csv", "summary.csv"}
+    with open(out / "slice_metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 * 2  # slices x methods x R
+    assert {r["method"] for r in rows} == {"varnet", "zero_filled", "l1_wavelet"}
+    assert {float(r["acceleration"]) for r in rows} == {4.0, 8.0}
+    assert all(np.isfinite(float(r[m])) for r in rows for m in ("nmse", "psnr", "ssim"))
+    with open(out / "volume_metrics.csv") as f:
+        vols = list(csv.DictReader(f))
+    assert len(vols) == 3 * 2 and all(v["label"] == "gt" for v in vols)
+    assert {(s["method"], s["acceleration"]) for s in res["summary"]} == {(m, r) for m in ("varnet", "zero_filled", "l1_wavelet") for r in (4.0, 8.0)}
+    l1 = {s["acceleration"]: s for s in res["summary"] if s["method"] == "l1_wavelet"}
+    zf = {s["acceleration"]: s for s in res["summary"] if s["method"] == "zero_filled"}
+    assert l1[4.0]["nmse"] < zf[4.0]["nmse"]  # CS beats zero filling on this easy phantom
+    # fixed masks: a second run (references only) gives the same zero-filled numbers
+    again = evaluate_varnet(None, dataset_dir, accelerations=[4, 8], center_fraction=0.1, methods=["zero_filled"])
+    assert [r["nmse"] for r in again["slices"]] == [r["nmse"] for r in res["slices"] if r["method"] == "zero_filled"]
+
+
+def test_evaluate_config_workflow(dataset_dir, trained, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "evaluate.json"), logging_file=False, workflow_type=None, run_id="evaluate",
+        bundle_root=str(ROOT), model=str(trained), test_dir=str(dataset_dir), output_dir=str(tmp_path),
+        accelerations=[6], methods=["varnet", "zero_filled"], device="$torch.device('cpu')",
+    )
+    wf.initialize()
+    wf.run()
+    with open(tmp_path / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert {r["method"] for r in summary} == {"varnet", "zero_filled"}
+
+
+def test_reference_rows_on_real_4coil_slice(real_dir, tmp_path, capsys):
+    """Zero-filled and L1-wavelet on the real 4-coil GE slice (image-domain coil images -> k-space), R = 4."""
+    import scipy.io
+
+    from scripts.evaluate import evaluate_varnet, format_summary
+
+    coil_images = scipy.io.loadmat(real_dir / "brain_4coil" / "4h_GE.mat")["DATA"].transpose(2, 0, 1)
+    kspace = sigpy.fft(coil_images, axes=(-2, -1), center=True, norm="ortho")
+    write_fastmri(tmp_path / "test" / "4h_GE.h5", kspace[None])
+    t0 = time.perf_counter()
+    res = evaluate_varnet(None, tmp_path, accelerations=[4], n_bootstrap=10)
+    with capsys.disabled():
+        print(f"\nreal 4h_GE, equispaced cf 0.04 ({time.perf_counter() - t0:.1f} s)\n" + format_summary(res["summary"]))
+    zf, l1 = (next(r for r in res["summary"] if r["method"] == m) for m in ("zero_filled", "l1_wavelet"))
+    assert l1["nmse"] < zf["nmse"] and l1["psnr"] > zf["psnr"]
