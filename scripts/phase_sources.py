@@ -422,13 +422,17 @@ class DiffusionPhase(_NetworkSource):
         num_inference_steps: sampling steps (default: ``configs/common.json#num_inference_steps``
             when the scheduler comes from there, else the scheduler's training steps).
         batch_size: slices sampled at once. ``device``: default GPU when available.
+        network_overrides: config ids set before ``network_def`` is built, e.g. the
+            ``{"unet_channels": [16, 32, 32]}`` a model was trained with (JSON, so it can be
+            recorded in a synthesis manifest).
 
     Each batch of slices is sampled through one :class:`scripts.diffusion.PhaseSamplingInferer`
     call with a seed derived from ``(seed, first slice index)``.
     """
 
     def __init__(self, checkpoint: str | None = None, network=None, scheduler=None, num_inference_steps: int | None = None,
-                 batch_size: int = 8, device=None, config_file: str | None = None) -> None:
+                 batch_size: int = 8, device=None, config_file: str | None = None,
+                 network_overrides: dict | None = None) -> None:
         super().__init__(device, batch_size)
         from scripts.diffusion import PhaseSamplingInferer, load_weights
 
@@ -439,6 +443,8 @@ class DiffusionPhase(_NetworkSource):
             parser = ConfigParser()
             parser.read_config(str(config_file or _bundle_root() / "configs" / "common.json"))
             parser["bundle_root"] = str(_bundle_root())
+            for key, value in (network_overrides or {}).items():
+                parser[key] = value
         if network is None:
             network = parser.get_parsed_content("network_def", instantiate=True)
         if scheduler is None or isinstance(scheduler, str):
