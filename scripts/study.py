@@ -1,0 +1,307 @@
+"""The comparison study: train VarNet on k-space made with each phase source, test on one real-phase set.
+
+Stages (each resumable: a finished stage leaves ``<study_dir>/stages/<name>.json`` with a hash of
+its parameters, and a re-run skips it; a killed stage is redone, its outputs being written
+atomically or overwritten):
+
+1. ``simulate``: the paired complex dataset (``scripts.simulate``), unless ``simulate`` is
+   ``None`` (a user's fastMRI folder); ``pair/<split>``: every split made square at
+   ``image_size`` and paired with its complex image (:func:`prepare_paired_split`);
+2. ``train_diffusion`` / ``train_gan``: the learned phase models on the paired ``train`` split,
+   through ``configs/train.json`` / ``configs/train_gan.json`` (``ConfigWorkflow``);
+3. per phase source: ``synthesize``: the magnitude of the ``train`` and ``val`` splits (the
+   "magnitude-only archive") gets phase from the source, simulated coils and noise, and is
+   written as fastMRI k-space (``scripts.synthesize``); ``varnet``: a VarNet trained on it
+   (``scripts.varnet.train_varnet``, mixed accelerations); ``evaluate``: that VarNet on the
+   held-out ground-truth ``test`` split (``scripts.evaluate.evaluate_varnet``, fixed masks per
+   R), and on the real slices when given; ``realism``: phase-realism metrics of the source on
+   the test magnitudes (``scripts.phase_realism``);
+4. ``reference``: zero-filled and L1-wavelet rows on the same test sets;
+5. ``report``: ``scripts.study_report`` writes markdown, CSVs and figures.
+
+Everything is seeded; the report records every size, seed and data source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from scripts.fastmri_h5 import write_fastmri
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PHASE_SOURCES", "Study", "prepare_real_test_set"]
+
+PHASE_SOURCES = ("ground_truth", "diffusion", "gan", "physics", "smooth", "sinusoidal", "uniform", "zero")
+LEARNED = {"diffusion": "train_diffusion", "gan": "train_gan"}
+
+
+def _hash(params: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def prepare_real_test_set(real_dir: str | os.PathLike, output_dir: str | os.PathLike, image_size: int) -> list[str]:
+    """Real fully sampled multi-coil brain slices (``*.mat`` with ``DATA`` (H, W, coils) coil images)
+    -> fastMRI h5 at ``image_size``, by cropping the centre of k-space (a lower-resolution
+    acquisition of the same field of view: no interpolation of the measured data).
+
+    Phantoms (file names containing ``Ph``) are left out. Returns the written files.
+    """
+    import numpy as np
+    from scipy.io import loadmat
+
+    from scripts.fft import fft2c
+
+    out = []
+    for mat in sorted(Path(real_dir).glob("*.mat")):
+        if "Ph" in mat.stem:
+            continue
+        coil_images = np.moveaxis(np.asarray(loadmat(mat)["DATA"]), -1, 0)  # (coils, H, W)
+        kspace = fft2c(coil_images.astype(np.complex64))
+        h, w = kspace.shape[-2:]
+        top, left = (h - image_size) // 2, (w - image_size) // 2
+        kspace = kspace[:, top : top + image_size, left : left + image_size]
+        kspace = kspace / np.abs(kspace).max() * 1e3  # scanner units differ by 1e6 between files
+        out.append(str(write_fastmri(Path(output_dir) / f"real_{mat.stem}.h5", kspace[None], acquisition="REAL")))
+    return out
+
+
+def prepare_paired_split(files: Sequence[str], output_dir: str | os.PathLike, image_size: int) -> str:
+    """Make a fastMRI split study-ready: ``image_size`` square and paired with its complex image.
+
+    Files that already are (the simulator's) are linked by path; others (e.g. fastMRI brain
+    multi-coil, 640 x 320 with readout oversampling) get the centre ``image_size`` square of
+    every coil image (fastMRI's 320 x 320 crop), back to k-space, and ``image_complex`` from an
+    ESPIRiT sensitivity-weighted combination (:func:`scripts.phase_data.espirit_combine`).
+    Written atomically per file; a finished file is kept on a re-run. Returns ``output_dir``.
+    """
+    import numpy as np
+
+    from scripts.fastmri_h5 import num_slices, read_slice
+    from scripts.fft import fft2c, ifft2c
+    from scripts.phase_data import center_crop_or_pad, espirit_combine
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        target = out / Path(path).name
+        if target.exists():
+            continue
+        first = read_slice(path, 0, ("kspace", "image_complex"))
+        if "image_complex" in first and first["kspace"].shape[-2:] == (image_size, image_size):
+            target.symlink_to(Path(path).resolve())
+            continue
+        kspace, images = [], []
+        for i in range(num_slices(path)):
+            k = read_slice(path, i, ("kspace",))["kspace"]
+            k = k if k.ndim == 3 else k[None]
+            if min(k.shape[-2:]) < image_size:
+                raise ValueError(f"{path}: slices {k.shape[-2:]} are smaller than image_size {image_size}")
+            k = fft2c(center_crop_or_pad(ifft2c(k), (image_size, image_size)))
+            kspace.append(k)
+            images.append(espirit_combine(k))
+        write_fastmri(target, np.stack(kspace), acquisition="PAIRED", extra={"image_complex": np.stack(images)})
+    return str(out)
+
+
+class Study:
+    """Run the whole comparison; see the module docstring. All arguments come from ``configs/study.json``."""
+
+    def __init__(
+        self,
+        study_dir: str | os.PathLike,
+        report_dir: str | os.PathLike,
+        dataset_dir: str | os.PathLike,
+        phase_sources: Sequence[str] = PHASE_SOURCES,
+        accelerations: Sequence[int] = (4, 6, 8, 10),
+        mask_type: str = "equispaced",
+        center_fraction: float = 0.04,
+        seed: int = 0,
+        image_size: int = 64,
+        num_coils: int = 4,
+        simulate: Mapping[str, Any] | None = None,
+        diffusion: Mapping[str, Any] | None = None,
+        gan: Mapping[str, Any] | None = None,
+        synthesis: Mapping[str, Any] | None = None,
+        varnet: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
+        realism: Mapping[str, Any] | None = None,
+        real_test_dir: str | os.PathLike | None = None,
+        config_dir: str | os.PathLike = "configs",
+        num_threads: int | None = None,
+    ) -> None:
+        unknown = set(phase_sources) - set(PHASE_SOURCES)
+        if unknown:
+            raise ValueError(f"unknown phase sources {sorted(unknown)}; known: {', '.join(PHASE_SOURCES)}")
+        self.study_dir, self.report_dir = Path(study_dir), Path(report_dir)
+        self.source_dir = Path(dataset_dir)  # the user's (or simulated) paired data
+        self.dataset_dir = self.study_dir / "paired"  # the same, square at image_size, every file paired
+        self.sources = list(phase_sources)
+        self.accelerations = [int(r) for r in accelerations]
+        self.mask_type, self.center_fraction = mask_type, float(center_fraction)
+        self.seed, self.image_size, self.num_coils = int(seed), int(image_size), int(num_coils)
+        self.simulate_kwargs = dict(simulate or {})
+        self.diffusion, self.gan = dict(diffusion or {}), dict(gan or {})
+        self.synthesis, self.varnet = dict(synthesis or {}), dict(varnet or {})
+        self.evaluation, self.realism = dict(evaluation or {}), dict(realism or {})
+        self.real_test_dir = Path(real_test_dir) if real_test_dir and Path(real_test_dir).is_dir() else None
+        self.config_dir = Path(config_dir)
+        self.num_threads = num_threads  # torch CPU threads; small CPU-sized nets run fastest on one
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ stage bookkeeping
+    def stage(self, name: str, params: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` unless ``name`` finished earlier with the same ``params``; returns its (JSON) result."""
+        marker = self.study_dir / "stages" / f"{name.replace('/', '__')}.json"
+        digest = _hash(params)
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("params_hash") == digest:
+                logger.info("study: %s already done, skipped", name)
+                self.timings[name] = 0.0
+                return done["result"]
+        logger.info("study: %s ...", name)
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        self.timings[name] = seconds
+        _write_json(marker, {"params_hash": digest, "params": params, "result": result, "seconds": seconds})
+        logger.info("study: %s done in %.1f s", name, seconds)
+        return result
+
+    # ------------------------------------------------------------------ stages
+    def _workflow(self, config: str, **override: Any) -> None:
+        from monai.bundle import ConfigWorkflow
+
+        files = [str(self.config_dir / config)]
+        wf = ConfigWorkflow(config_file=files, workflow_type="train", meta_file=None, logging_file=False,
+                            run_id="run", **override)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+
+    def _simulate(self) -> dict:
+        from scripts.simulate import simulate_dataset
+
+        return simulate_dataset(self.source_dir, image_size=self.image_size, num_coils=self.num_coils,
+                                seed=self.seed, **self.simulate_kwargs)
+
+    def _train_learned(self, source: str) -> str:
+        root = self.study_dir / source
+        if source == "diffusion":
+            self._workflow("train.json", bundle_root=str(root), dataset_dir=str(self.dataset_dir),
+                           simulate_if_missing=False, seed=self.seed, **self.diffusion)
+            return str(root / "models" / "model.pt")
+        self._workflow("train_gan.json", bundle_root=str(root), dataset_dir=str(self.dataset_dir),
+                       simulate_if_missing=False, seed=self.seed, **self.gan)
+        return str(root / "models" / "gan" / "generator.pt")
+
+    def _source_kwargs(self, source: str, checkpoints: Mapping[str, str]) -> dict:
+        """Constructor arguments of a phase source: configured ones, its weights, its architecture."""
+        kwargs = dict(self.synthesis.get("phase_source_kwargs", {}).get(source, {}))
+        if source in checkpoints:
+            kwargs["checkpoint"] = checkpoints[source]
+        if source == "diffusion":  # the architecture the model was trained with
+            kwargs["network_overrides"] = {k: v for k, v in self.diffusion.items() if k.startswith("unet_")}
+        return kwargs
+
+    def _synthesize(self, source: str, kwargs: Mapping[str, Any]) -> dict:
+        from scripts.synthesize import Synthesizer
+
+        settings = {k: v for k, v in self.synthesis.items() if k != "phase_source_kwargs"}
+        out = {}
+        for split in ("train", "val"):
+            synth = Synthesizer(self.dataset_dir / split, self.study_dir / "kspace" / source / split,
+                                phase_source=source, phase_source_kwargs=dict(kwargs), num_coils=self.num_coils,
+                                image_size=self.image_size, seed=self.seed, overwrite=True, **settings)
+            out[split] = synth.run()
+        return out
+
+    def _train_varnet(self, source: str) -> str:
+        from scripts.varnet import train_varnet
+
+        return str(train_varnet(self.study_dir / "kspace" / source, self.study_dir / "varnet" / source,
+                                accelerations=self.accelerations, mask_type=self.mask_type,
+                                center_fractions=self.center_fraction, seed=self.seed, **self.varnet))
+
+    def _test_sets(self) -> dict[str, list[str] | str]:
+        sets: dict[str, list[str] | str] = {"test_split": str(self.dataset_dir / "test")}
+        if self.real_test_dir is not None:
+            sets["real"] = self.stage("prepare_real", {"dir": str(self.real_test_dir), "size": self.image_size},
+                                      lambda: prepare_real_test_set(self.real_test_dir, self.study_dir / "real_test",
+                                                                    self.image_size))
+        return sets
+
+    def _evaluate(self, checkpoint: str | None, test_set: str, files, label: str, methods) -> str:
+        from scripts.evaluate import evaluate_varnet
+
+        out = self.study_dir / "eval" / test_set / label
+        evaluate_varnet(checkpoint, files, out, accelerations=self.accelerations, mask_type=self.mask_type,
+                        center_fraction=self.center_fraction, seed=self.seed, methods=methods, label=label,
+                        **self.evaluation)
+        return str(out)
+
+    def _realism(self, source: str, kwargs: Mapping[str, Any]) -> dict:
+        from scripts.phase_realism import phase_realism
+
+        return phase_realism(source, kwargs, self.dataset_dir / "test", seed=self.seed, **self.realism)
+
+    # ------------------------------------------------------------------ the whole study
+    def run(self) -> Path:
+        """Run every stage (skipping finished ones) and write the report; returns the report path."""
+        t0 = time.perf_counter()
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(int(self.num_threads))
+        base = {"dataset_dir": str(self.source_dir), "seed": self.seed, "image_size": self.image_size,
+                "num_coils": self.num_coils}
+        from scripts.phase_data import find_split
+
+        if self.simulate_kwargs:
+            self.stage("simulate", {**base, **self.simulate_kwargs}, self._simulate)
+        for split in ("train", "val", "test"):
+            files = sorted(str(p) for p in Path(find_split(self.source_dir, split)).glob("*.h5"))
+            self.stage(f"pair/{split}", {**base, "files": files},
+                       lambda: prepare_paired_split(files, self.dataset_dir / split, self.image_size))
+        checkpoints = {s: self.stage(LEARNED[s], {**base, **getattr(self, s)}, lambda s=s: self._train_learned(s))
+                       for s in self.sources if s in LEARNED}
+        test_sets = self._test_sets()
+        evaluations: dict[str, dict[str, str]] = {name: {} for name in test_sets}
+        realism: dict[str, dict] = {}
+        for source in self.sources:
+            kwargs = self._source_kwargs(source, checkpoints)
+            p = {**base, "source": source, "kwargs": kwargs, "synthesis": self.synthesis}
+            self.stage(f"synthesize/{source}", p, lambda: self._synthesize(source, kwargs))
+            p = {**p, "varnet": self.varnet, "accelerations": self.accelerations, "mask": self.mask_type}
+            checkpoint = self.stage(f"varnet/{source}", p, lambda: self._train_varnet(source))
+            for name, files in test_sets.items():
+                evaluations[name][source] = self.stage(
+                    f"evaluate/{name}/{source}", {**p, "files": files, "evaluation": self.evaluation},
+                    lambda: self._evaluate(checkpoint, name, files, source, ["varnet"]))
+            realism[source] = self.stage(f"realism/{source}", {**p, "realism": self.realism},
+                                         lambda: self._realism(source, kwargs))
+        for name, files in test_sets.items():
+            p = {**base, "files": files, "accelerations": self.accelerations, "evaluation": self.evaluation}
+            evaluations[name]["reference"] = self.stage(
+                f"evaluate/{name}/reference", p,
+                lambda: self._evaluate(None, name, files, "reference", ["zero_filled", "l1_wavelet"]))
+        from scripts.study_report import write_report
+
+        report = write_report(self, evaluations, realism, checkpoints, seconds=time.perf_counter() - t0)
+        print(f"study report: {report}")
+        return report
