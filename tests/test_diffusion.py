@@ -111,15 +111,6 @@ def _workflow(config, workflow_type, **override):
     return wf
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny 32x32 networks gain nothing from threads; on a shared CPU extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
     """A DDPM model trained for 2 iterations on tiny data; returns (bundle_root, dataset_dir)."""

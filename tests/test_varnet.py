@@ -52,15 +52,6 @@ def _write_tiny_dataset(root: Path, slices: int = 2, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two intra-op threads on a shared 2-core machine spin against other jobs (50x slower); one is enough here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
     return _write_tiny_dataset(tmp_path_factory.mktemp("fastmri"))
