@@ -285,7 +285,8 @@ class Study:
         realism: dict[str, dict] = {}
         for source in self.sources:
             kwargs = self._source_kwargs(source, checkpoints)
-            p = {**base, "source": source, "kwargs": kwargs, "synthesis": self.synthesis}
+            settings = {k: v for k, v in self.synthesis.items() if k != "phase_source_kwargs"}
+            p = {**base, "source": source, "kwargs": kwargs, "synthesis": settings}
             self.stage(f"synthesize/{source}", p, lambda: self._synthesize(source, kwargs))
             p = {**p, "varnet": self.varnet, "accelerations": self.accelerations, "mask": self.mask_type}
             checkpoint = self.stage(f"varnet/{source}", p, lambda: self._train_varnet(source))
