@@ -1,6 +1,7 @@
 """Benchmark the phase samplers of one trained model pair (not a test).
 
-For DDPM 1000 steps, DDIM {10, 25, 50} steps (both on the model trained with the DDPM
+For DDPM 1000 steps, DDIM {10, 25, 50} steps, deterministic (eta=0) and stochastic
+(eta=1, ``kind:steps:eta`` in ``--samplers``) (all on the model trained with the DDPM
 epsilon objective) and rectified flow {10, 25} steps (on a model trained with the RFlow
 velocity objective: RFlow cannot sample from an epsilon model), prints per sampler:
 
@@ -50,7 +51,7 @@ from scripts.intensity import normalize_magnitude  # noqa: E402
 from scripts.phase_data import center_crop_or_pad, complex_slice, slice_datalist  # noqa: E402
 from scripts.phase_metrics import head_mask, phase_coherence, phase_gradient_distance  # noqa: E402
 
-DEFAULT_SAMPLERS = "ddpm:1000,ddim:10,ddim:25,ddim:50,rflow:10,rflow:25"
+DEFAULT_SAMPLERS = "ddpm:1000,ddim:10,ddim:25,ddim:50,ddim:10:1,ddim:25:1,ddim:50:1,rflow:10,rflow:25"
 
 
 def load_config(overrides: dict) -> ConfigParser:
@@ -173,18 +174,19 @@ def main(argv=None) -> dict:
 
     results, synth_rows = {}, {}
     for spec in args.samplers.split(","):
-        kind, steps = spec.split(":")
+        kind, steps, *eta = spec.split(":")
+        eta = float(eta[0]) if eta else 0.0
         net = nets.get("rflow" if kind == "rflow" else "eps")
         if net is None:
             print(f"skip {spec}: no {'RFlow' if kind == 'rflow' else 'DDPM'}-trained weights")
             continue
         sched = parser.get_parsed_content(f"schedulers#{kind}", instantiate=True, lazy=False)
-        inferer = PhaseSamplingInferer(sched, num_inference_steps=int(steps), num_samples=1, seed=args.seed)
+        inferer = PhaseSamplingInferer(sched, num_inference_steps=int(steps), num_samples=1, seed=args.seed, eta=eta)
         t0 = time.perf_counter()
         phase = inferer(cond, net)[:, 0].numpy()
         seconds = time.perf_counter() - t0
         synth = [np.abs(z) * np.exp(1j * p) for z, p in zip(truth, phase)]
-        name = f"{kind.upper() if kind != 'rflow' else 'RFlow'}-{steps}"
+        name = f"{kind.upper() if kind != 'rflow' else 'RFlow'}-{steps}" + (f" eta={eta:g}" if kind == "ddim" else "")
         results[name] = {"nfe_per_slice": inferer.last_nfe, "seconds_per_slice": seconds / len(truth), **metrics(truth, synth)}
         synth_rows[name] = synth
         r = results[name]
@@ -222,12 +224,12 @@ def main(argv=None) -> dict:
         (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "table": table}, indent=2))
         save_maps(out / "phase_maps.png", truth, synth_rows)
         # diversity: several samples of one slice with the fastest good sampler of each model
-        for kind, name, steps in (("ddim", "DDIM-50", 50), ("rflow", "RFlow-25", 25)):
+        for kind, name, steps, eta in (("ddim", "DDIM-50 eta=1", 50, 1.0), ("rflow", "RFlow-25", 25, 0.0)):
             net = nets.get("rflow" if kind == "rflow" else "eps")
             if net is None:
                 continue
             sched = parser.get_parsed_content(f"schedulers#{kind}", instantiate=True, lazy=False)
-            inferer = PhaseSamplingInferer(sched, num_inference_steps=steps, num_samples=args.diversity_samples, seed=args.seed)
+            inferer = PhaseSamplingInferer(sched, num_inference_steps=steps, num_samples=args.diversity_samples, seed=args.seed, eta=eta)
             i = len(truth) // 2
             phases = inferer(cond[i : i + 1], net)[0].numpy()
             save_samples(out / f"samples_{kind}.png", truth[i], phases, f"{name}: {args.diversity_samples} samples of one {args.split} slice")

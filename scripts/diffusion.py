@@ -262,7 +262,9 @@ class PhaseSamplingInferer(Inferer):
         seed: base seed (see above); ``None`` for non-reproducible sampling.
         output: ``"phase"`` or ``"phasor"``.
         sample_batch_size: most images passed through the network at once (``None``: all).
-        eta: DDIM stochasticity (0: deterministic DDIM).
+        eta: DDIM stochasticity: 0 is the deterministic DDIM ODE, 1 adds DDPM-like fresh noise
+            at every (strided) step. ``configs/inference.json`` uses 1: on the simulated-data
+            model of ``bench/bench_samplers.py``, eta=0 left residual noise inside the head.
         divisor: override the padding factor (default: from the network).
     """
 
