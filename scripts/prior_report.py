@@ -1,0 +1,646 @@
+"""The complex-prior study: priors trained on complex / phase-augmented / magnitude-only data,
+compared as generators of complex images and as regularisers of parallel-imaging reconstruction.
+
+Entry point (``configs/prior_study.json``)::
+
+    python -m monai.bundle run prior_study --config_file configs/prior_study.json [--image_size 32 ...]
+
+Stages (each skipped when its output already exists, so an interrupted study resumes):
+
+1. Data. Two fastMRI-format datasets: a small *paired* set (trains the conditional phase model)
+   and an *archive* (its magnitudes are the "magnitude-only archive"; its true complex images
+   train the ``complex`` prior, the oracle; its ``val``/``test`` splits tune lambda and test).
+   Without paths they are simulated (:func:`scripts.simulate.simulate_dataset`, different seeds,
+   so the phase model never saw the archive). Both are then rewritten in the reconstruction's
+   phase convention (:func:`scripts.prior_recon.espirit_dataset`: ESPIRiT maps from the same
+   central calibration lines the undersampled data keep, coil-0 relative phase).
+2. Conditional phase model: ``configs/train.json`` on the paired set (or a given checkpoint).
+3. Augmented archive: ``scripts/synthesize.py`` (phase source ``diffusion``, several phase samples
+   per magnitude) on the archive's training magnitudes (or a given folder).
+4. Priors: ``configs/train_prior.json`` with ``prior_data`` complex (archive complex images),
+   augmented (the synthesiser's output) and magnitude (archive magnitudes), the same number of
+   iterations each.
+5. Generator realism: samples of each prior vs the held-out real complex images (archive test
+   split): wrapped phase-gradient Wasserstein distance, phasor radial-spectrum distance
+   (:mod:`scripts.phase_metrics`) and the classifier two-sample AUROC (:mod:`scripts.two_sample`);
+   plus the phase model itself on the same magnitudes (augmented vs true archive images).
+6. Reconstruction on the test split (and on the real 4-coil slices when ``real_dir`` exists):
+   zero-filled, L1-wavelet (lambda tuned on the validation split, never on test) and the three
+   priors (:class:`scripts.prior_recon.PriorPosteriorSampler`), for 1-D equispaced and 2-D
+   Poisson-disc patterns; PSNR/SSIM/NMSE per slice, bootstrap 95 % intervals over slices.
+7. Report: ``report.md``, ``summary.csv``, ``per_slice.csv``, ``realism.csv``, ``lambda.json``,
+   ``provenance.json`` and PNG figures in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scripts.diffusion import _checkpoint_iteration
+from scripts.prior import PRIOR_DATA, PriorSamplingInferer, channels_to_complex, load_prior, sampler_from_card
+from scripts.prior_recon import (
+    MASK_PATTERNS,
+    PriorPosteriorSampler,
+    SenseOp,
+    default_calib_lines,
+    espirit_dataset,
+    l1_wavelet_recon,
+    make_case,
+    make_mask,
+    read_kspace,
+    slice_metrics,
+    tune_dc_weight,
+    tune_l1_lambda,
+    zero_filled,
+)
+
+__all__ = ["PriorStudy", "bootstrap_ci", "run_bundle"]
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+METHODS_BASE = ("zero_filled", "l1_wavelet")
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the 95 % percentile bootstrap of the mean (:func:`scripts.metrics.bootstrap_ci`)."""
+    from scripts.metrics import bootstrap_ci as _bootstrap
+
+    return _bootstrap(values, n=int(n_boot), seed=int(seed))
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_bundle(config_file: str, run_id: str = "training", **overrides: Any) -> None:
+    """Run ``run_id`` of a bundle config in-process (``ConfigWorkflow``), cwd at the bundle root
+    so that the configs' ``%configs/...`` macros resolve."""
+    from monai.bundle import ConfigWorkflow
+
+    with _cwd(ROOT):
+        wf = ConfigWorkflow(config_file=config_file, meta_file=str(ROOT / "configs" / "metadata.json"),
+                            logging_file=False, run_id=run_id, workflow_type=None, **overrides)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+
+
+def _slice_items(dataset_dir: str, split: str, limit: int | None) -> list[tuple[str, int]]:
+    from scripts.phase_data import slice_datalist
+
+    items = [(d["file"], d["slice"]) for d in slice_datalist(dataset_dir, split)]
+    if limit and len(items) > limit:  # evenly spread over the split, deterministic
+        idx = np.unique(np.linspace(0, len(items) - 1, int(limit)).round().astype(int))
+        items = [items[i] for i in idx]
+    return items
+
+
+def _h5_slice(path: str, index: int, key: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return np.asarray(f[key][index])
+
+
+def _phase_rgb(z: np.ndarray) -> np.ndarray:
+    import matplotlib.cm as cm
+
+    mag = np.abs(z)
+    mag = np.clip(mag / (np.percentile(mag, 99.5) or 1.0), 0, 1)
+    rgb = cm.twilight((np.angle(z) + np.pi) / (2 * np.pi))[..., :3]
+    return rgb * mag[..., None]
+
+
+def _fmt(mean: float, lo: float, hi: float, digits: int) -> str:
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+# --------------------------------------------------------------------------------------
+# the study
+# --------------------------------------------------------------------------------------
+class PriorStudy:
+    """See the module docstring. All sizes/epochs/steps are arguments, so the same code runs the
+    tiny CPU test, a CPU-scale study and a GPU-scale study (the config picks)."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        work_dir: str,
+        image_size: int = 32,
+        num_coils: int = 4,
+        seed: int = 0,
+        paired_dir: str | None = None,
+        archive_dir: str | None = None,
+        sim_paired_subjects: int = 4,
+        sim_archive_subjects: int = 6,
+        sim_slices_per_subject: int = 8,
+        espirit_convention: bool = True,
+        calib_lines: int | None = None,
+        phase_model: str | None = None,
+        phase_iterations: int = 20,
+        phase_sampling_steps: int = 10,
+        sampling_eta: float = 1.0,
+        augmented_dir: str | None = None,
+        augment_samples: int = 2,
+        priors: Sequence[str] = PRIOR_DATA,
+        prior_iterations: int = 20,
+        batch_size: int = 8,
+        lr: float = 1e-4,
+        unet: Mapping[str, Any] | None = None,
+        scheduler_type: str = "ddpm",
+        patterns: Mapping[str, Mapping[str, Any]] | None = None,
+        recon: Mapping[str, Any] | None = None,
+        dc_weight_grid: Sequence[float] = (1.0, 3.0, 10.0, 30.0),
+        l1_lambda_grid: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+        l1_max_iter: int = 100,
+        max_val_slices: int = 4,
+        max_test_slices: int = 8,
+        realism_samples: int = 16,
+        realism_steps: int = 10,
+        two_sample_epochs: int = 10,
+        real_dir: str | None = None,
+        real_glob: str = "brain_4coil/*.mat",
+        n_boot: int = 1000,
+        example_slices: int = 1,
+    ) -> None:
+        self.out, self.work = Path(output_dir), Path(work_dir)
+        self.size, self.num_coils, self.seed = int(image_size), int(num_coils), int(seed)
+        self.paired_dir, self.archive_dir = paired_dir, archive_dir
+        self.sim = {"paired_subjects": int(sim_paired_subjects), "archive_subjects": int(sim_archive_subjects),
+                    "slices_per_subject": int(sim_slices_per_subject)}
+        self.espirit_convention = bool(espirit_convention)
+        self.calib = int(calib_lines) if calib_lines else default_calib_lines(self.size)
+        self.phase_model, self.phase_iterations, self.phase_steps = phase_model, int(phase_iterations), int(phase_sampling_steps)
+        self.augmented_dir, self.augment_samples = augmented_dir, int(augment_samples)
+        self.eta = float(sampling_eta)
+        self.priors = [p for p in priors]
+        for p in self.priors:
+            if p not in PRIOR_DATA:
+                raise ValueError(f"unknown prior {p!r}; choose from {PRIOR_DATA}")
+        self.prior_iterations, self.batch_size, self.lr = int(prior_iterations), int(batch_size), float(lr)
+        self.unet = {"unet_channels": [16, 32], "unet_attention_levels": [False, False], "unet_num_head_channels": 16,
+                     "unet_num_res_blocks": 1, "unet_norm_num_groups": 8, **dict(unet or {})}
+        self.scheduler_type = scheduler_type
+        self.patterns = {k: dict(v) for k, v in (patterns or {"equispaced1d": {"acceleration": 5.0},
+                                                              "poisson": {"acceleration": 8.0}}).items()}
+        for k in self.patterns:
+            if k not in MASK_PATTERNS:
+                raise ValueError(f"unknown pattern {k!r}; choose from {MASK_PATTERNS}")
+        self.recon = {"num_steps": 25, "cg_iters": 5, "final_dc_weight": None, "final_cg_iters": 5,
+                      "eta": 1.0, "scale_method": "sense", **dict(recon or {})}
+        self.recon.pop("dc_weight", None)  # tuned on the validation split
+        self.dc_grid = [float(x) for x in dc_weight_grid]
+        self.l1_grid, self.l1_max_iter = [float(x) for x in l1_lambda_grid], int(l1_max_iter)
+        self.max_val, self.max_test = int(max_val_slices), int(max_test_slices)
+        self.realism_samples, self.realism_steps, self.ts_epochs = int(realism_samples), int(realism_steps), int(two_sample_epochs)
+        self.real_dir, self.real_glob = real_dir, real_glob
+        self.n_boot, self.example_slices = int(n_boot), int(example_slices)
+        self.timings: dict[str, float] = {}
+        self.provenance: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ stages
+    def _tick(self, name: str, t0: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
+        logger.info("prior study: %s done (%.1f s)", name, self.timings[name])
+
+    def prepare_data(self) -> tuple[str, str]:
+        from scripts.simulate import simulate_dataset
+
+        t0 = time.perf_counter()
+        prov = {}
+        dirs = []
+        for role, given, subjects, seed in (("paired", self.paired_dir, self.sim["paired_subjects"], self.seed),
+                                            ("archive", self.archive_dir, self.sim["archive_subjects"], self.seed + 1)):
+            if given:
+                src = given
+                prov[role] = {"source": "given folder (user data)", "path_name": Path(given).name}
+            else:
+                src = str(self.work / "data" / f"{role}_sim")
+                summary = simulate_dataset(src, num_subjects=subjects, slices_per_subject=self.sim["slices_per_subject"],
+                                           image_size=self.size, num_coils=self.num_coils, seed=seed)
+                prov[role] = {"source": "simulated (scripts.simulate, MNI152-based, NOT real data)", "seed": seed,
+                              "subjects": subjects, "slices_per_subject": self.sim["slices_per_subject"],
+                              "image_size": self.size, "num_coils": self.num_coils,
+                              "splits": {s: v["subjects"] for s, v in summary["splits"].items()}}
+            if self.espirit_convention:
+                dst = str(self.work / "data" / f"{role}_espirit")
+                espirit_dataset(src, dst, self.calib, size=self.size)
+                prov[role]["convention"] = f"ESPIRiT combination, maps from the central {self.calib} k-space lines (coil-0 phase)"
+                src = dst
+            dirs.append(src)
+        self.provenance["data"] = prov
+        self._tick("data", t0)
+        return dirs[0], dirs[1]
+
+    def _epochs(self, iterations: int, n: int) -> int:
+        """Epochs giving about ``iterations`` optimiser steps over ``n`` slices (at least 1)."""
+        return max(1, int(round(iterations / max(1, math.ceil(n / self.batch_size)))))
+
+    def _unet_overrides(self) -> dict:
+        return {k: v for k, v in self.unet.items()}
+
+    def train_phase_model(self, paired: str) -> str:
+        if self.phase_model:
+            self.provenance["phase_model"] = {"source": "given checkpoint"}
+            return self.phase_model
+        from scripts.phase_data import slice_datalist
+
+        t0 = time.perf_counter()
+        root = self.work / "phase_model"
+        weights = root / "models" / "model.pt"
+        n = len(slice_datalist(paired, "train"))
+        epochs = self._epochs(self.phase_iterations, n)
+        if not (root / "models" / "checkpoint_final.pt").exists():
+            run_bundle("configs/train.json", bundle_root=str(root), dataset_dir=paired, image_size=self.size,
+                       num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
+                       batch_size=self.batch_size, num_workers=0, progress_bar=False, val_interval=max(1, epochs // 5),
+                       log_interval=100, ckpt_interval=10**9, scheduler_type=self.scheduler_type, seed=self.seed,
+                       lr=self.lr, **self._unet_overrides())
+        self.provenance["phase_model"] = {"source": "configs/train.json on the paired set", "train_slices": n,
+                                          "epochs": epochs, "iterations": epochs * int(math.ceil(n / self.batch_size)),
+                                          "scheduler": self.scheduler_type, "unet": self.unet}
+        self._tick("phase_model", t0)
+        return str(weights)
+
+    def _phase_network(self):
+        from monai.networks.nets import DiffusionModelUNet
+
+        u = self.unet
+        return DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=2, channels=u["unet_channels"],
+                                  attention_levels=u["unet_attention_levels"], num_res_blocks=u["unet_num_res_blocks"],
+                                  num_head_channels=u["unet_num_head_channels"], norm_num_groups=u["unet_norm_num_groups"])
+
+    def augment(self, archive: str, phase_weights: str) -> str:
+        if self.augmented_dir:
+            self.provenance["augmented"] = {"source": "given folder"}
+            return self.augmented_dir
+        from scripts.phase_data import find_split
+        from scripts.prior import build_scheduler
+        from scripts.synthesize import Synthesizer
+
+        t0 = time.perf_counter()
+        out = self.work / "augmented"
+        sampler = build_scheduler("rflow" if self.scheduler_type == "rflow" else "ddim", image_size=self.size, clip=None)
+        sampler.clip_sample = True  # the phase model's phasors live in [-1, 1]
+        kwargs = {"checkpoint": phase_weights, "network": self._phase_network(), "scheduler": sampler,
+                  "num_inference_steps": self.phase_steps, "batch_size": 16}
+        synth = Synthesizer(find_split(archive, "train"), out, phase_source="diffusion", phase_source_kwargs=kwargs,
+                            num_coils=self.num_coils, image_size=None, seed=self.seed,
+                            samples_per_volume=self.augment_samples, noise_std=0.0)
+        inferer = getattr(synth.phase_source, "inferer", None)
+        if inferer is not None and hasattr(inferer, "eta"):
+            # stochastic DDIM: with briefly trained models deterministic DDIM (eta 0) leaves the samples
+            # noisy (checked on the 64 px study: eta 0 gives noise, eta 1 gives heads)
+            inferer.eta = self.eta
+        summary = synth.run()
+        self.provenance["augmented"] = {"source": "scripts/synthesize.py, phase_source diffusion", "samples_per_volume":
+                                        self.augment_samples, "sampling_steps": self.phase_steps, "ddim_eta": self.eta,
+                                        "slices": summary["slices"]}
+        self._tick("augment", t0)
+        return str(out)
+
+    def train_priors(self, data: Mapping[str, str], val_dir: str) -> dict[str, str]:
+        from scripts.prior import prior_datalist
+
+        weights = {}
+        for kind in self.priors:
+            t0 = time.perf_counter()
+            root = self.work / "priors"
+            ckpt = root / "models" / f"prior_{kind}"
+            n = len(prior_datalist(data[kind], "train", seed=self.seed))
+            epochs = self._epochs(self.prior_iterations, n)
+            target = epochs * int(math.ceil(n / self.batch_size))
+            done = _checkpoint_iteration(str(ckpt / "checkpoint_final.pt")) if (ckpt / "checkpoint_final.pt").exists() else None
+            if done is None or done < target:  # a shorter earlier run is resumed (train.json's checkpoint loader)
+                run_bundle("configs/train_prior.json", bundle_root=str(root), dataset_dir=data[kind], prior_data=kind,
+                           val_dataset_dir=val_dir if kind != "augmented" else data[kind], image_size=self.size,
+                           num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
+                           batch_size=self.batch_size, num_workers=0, progress_bar=False,
+                           val_interval=max(1, epochs // 5), log_interval=100, ckpt_interval=10**9, scheduler_type=self.scheduler_type,
+                           seed=self.seed, lr=self.lr, **self._unet_overrides())
+            weights[kind] = str(ckpt / "model.pt")
+            self.provenance.setdefault("priors", {})[kind] = {"train_slices": n, "epochs": epochs,
+                                                               "iterations": epochs * int(math.ceil(n / self.batch_size)),
+                                                               "data": Path(data[kind]).name}
+            self._tick(f"prior_{kind}", t0)
+        return weights
+
+    # ------------------------------------------------------------------ evaluation
+    def realism(self, weights: Mapping[str, str], archive: str, augmented: str) -> list[dict]:
+        from scripts.phase_metrics import head_mask, phase_gradient_distance, spectrum_distance
+        from scripts.two_sample import classifier_two_sample_test
+
+        t0 = time.perf_counter()
+        real = [_h5_slice(f, i, "image_complex") for f, i in _slice_items(archive, "test", None)]
+        rows = []
+        samples = {}
+
+        def score(name: str, real_set: list, synth: list, note: str) -> dict:
+            rm = [head_mask(np.abs(z)) for z in real_set]
+            sm = [head_mask(np.abs(z)) for z in synth]
+            try:
+                pgd = phase_gradient_distance(real_set, synth, rm, sm)
+                spd = spectrum_distance(real_set, synth, rm, sm)
+            except ValueError:
+                pgd = spd = float("nan")
+            ts = classifier_two_sample_test(real_set, synth, seed=self.seed, epochs=self.ts_epochs)
+            return {"generator": name, "n_real": len(real_set), "n_synthetic": len(synth), "phase_gradient_w1": pgd,
+                    "phase_spectrum_w1": spd, "two_sample_auroc": ts["auroc"], "compared_with": note}
+
+        for kind, w in weights.items():
+            net, card = load_prior(w)
+            inf = PriorSamplingInferer(sampler_from_card(card), num_inference_steps=self.realism_steps, seed=self.seed,
+                                       eta=self.eta)
+            x = inf.sample(net, self.realism_samples, self.size, seed=self.seed)
+            samples[kind] = [z.numpy() for z in channels_to_complex(x, dim=1)]
+            rows.append(score(f"prior_{kind}", real, samples[kind], "archive test images (real complex)"))
+        if augmented and "augmented" in weights:
+            pairs = self._augmented_pairs(archive, augmented)
+            if pairs:
+                # the true phase on the synthetic image's own magnitude: only the phase differs
+                truth = [np.abs(s) * np.exp(1j * np.angle(t)) for t, s in pairs]
+                synth = [s for _, s in pairs]
+                rows.append(score("phase_model_augmented_data", truth, synth,
+                                  "archive train slices: SAME magnitudes, true vs synthetic phase"))
+        self._samples = samples
+        self._tick("realism", t0)
+        return rows
+
+    @staticmethod
+    def _augmented_pairs(archive: str, augmented: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(true complex, synthetic complex)`` slice pairs: each synthesiser output ``<key>_s<k>.h5``
+        matched to the archive training file it was made from (``key`` = :func:`scripts.synthesize.input_key`)."""
+        from scripts.phase_data import _h5_files, find_split
+        from scripts.synthesize import input_key
+
+        root = find_split(archive, "train")
+        by_key = {input_key(f, root): f for f in _h5_files(root)}
+        pairs = []
+        for path in _h5_files(augmented):
+            src = by_key.get(Path(path).stem.rsplit("_s", 1)[0])
+            if src is None:
+                continue
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                n = f["image_complex"].shape[0]
+            pairs += [(_h5_slice(src, i, "image_complex"), _h5_slice(path, i, "image_complex")) for i in range(n)]
+        return pairs
+
+    def _cases(self, dataset: str, split: str, limit: int, mask: np.ndarray, calib: int) -> list[dict]:
+        cases = []
+        for f, i in _slice_items(dataset, split, limit):
+            k = _h5_slice(f, i, "kspace")
+            c = make_case(k if k.ndim == 3 else k[None], mask, calib)
+            c.update(volume=Path(f).stem, slice=i, source=split)
+            cases.append(c)
+        return cases
+
+    def _real_cases(self, mask: np.ndarray, calib: int) -> list[dict]:
+        if not self.real_dir or not Path(self.real_dir).is_dir():
+            return []
+        cases = []
+        for path in sorted(glob.glob(os.path.join(self.real_dir, self.real_glob))):
+            k, info = read_kspace(path, self.size)
+            for j, s in enumerate(k):
+                c = make_case(s, mask, calib)
+                c.update(volume=Path(path).stem, slice=j, source="real", original_size=info["original_size"])
+                cases.append(c)
+        return cases
+
+    @staticmethod
+    def _set_data_range(cases: list[dict]) -> None:
+        vmax: dict[str, float] = {}
+        for c in cases:
+            vmax[c["volume"]] = max(vmax.get(c["volume"], 0.0), float(np.abs(c["reference"]).max()))
+        for c in cases:
+            c["data_range"] = vmax[c["volume"]]
+
+    def reconstruct(self, weights: Mapping[str, str], archive: str) -> tuple[list[dict], dict, dict]:
+        t0 = time.perf_counter()
+        rows, lambdas, examples = [], {}, {}
+        for p_i, (pattern, opts) in enumerate(self.patterns.items()):
+            calib = int(opts.get("calib_lines") or self.calib)
+            mask = make_mask(pattern, (self.size, self.size), opts.get("acceleration"), calib, seed=self.seed)
+            val = self._cases(archive, "val", self.max_val, mask, calib)
+            self._set_data_range(val)
+            lambdas[pattern] = tune_l1_lambda(val, self.l1_grid, self.l1_max_iter)
+            lambdas[pattern].update(acceleration=float(mask.size / mask.sum()), calib_lines=calib)
+            lam = lambdas[pattern]["lambda"]
+            test = self._cases(archive, "test", self.max_test, mask, calib) + self._real_cases(mask, calib)
+            self._set_data_range(test)
+            recons: dict[str, np.ndarray] = {}
+            y = torch.from_numpy(np.stack([c["kspace"] for c in test]))
+            maps = torch.from_numpy(np.stack([c["maps"] for c in test]))
+            recons["zero_filled"] = zero_filled(y, SenseOp(maps, torch.from_numpy(mask)[None])).numpy()
+            recons["l1_wavelet"] = np.stack([l1_wavelet_recon(c["kspace"], mask, c["maps"], lam, self.l1_max_iter) for c in test])
+            lambdas[pattern]["dc_weight"] = {}
+            for kind, w in weights.items():
+                net, card = load_prior(w)
+                kw = dict(clip=card.get("clip", 2.0), seed=self.seed, **self.recon)
+                tuned = tune_dc_weight(net, sampler_from_card(card), val, self.dc_grid, **kw)
+                lambdas[pattern]["dc_weight"][kind] = tuned
+                smp = PriorPosteriorSampler(net, sampler_from_card(card), dc_weight=tuned["dc_weight"], **kw)
+                recons[f"prior_{kind}"] = smp(y.numpy(), mask, maps.numpy())["image"].numpy()
+            for j, c in enumerate(test):
+                for method, r in recons.items():
+                    m = slice_metrics(r[j], c["reference"], c["data_range"])
+                    rows.append({"pattern": pattern, "acceleration": round(float(mask.size / mask.sum()), 2),
+                                 "test_set": "real" if c["source"] == "real" else "simulated", "volume": c["volume"],
+                                 "slice": c["slice"], "method": method, **m})
+            examples[pattern] = {"mask": mask, "cases": test, "recons": recons}
+        self._tick("reconstruction", t0)
+        return rows, lambdas, examples
+
+    # ------------------------------------------------------------------ report
+    def summarise(self, rows: list[dict]) -> list[dict]:
+        out = []
+        keys = sorted({(r["test_set"], r["pattern"], r["method"]) for r in rows}, key=lambda k: (k[0] != "simulated", k[1], k[2]))
+        for test_set, pattern, method in keys:
+            sel = [r for r in rows if (r["test_set"], r["pattern"], r["method"]) == (test_set, pattern, method)]
+            row = {"test_set": test_set, "pattern": pattern, "acceleration": sel[0]["acceleration"], "method": method,
+                   "n_slices": len(sel)}
+            for q in ("psnr", "ssim", "nmse"):
+                mean, lo, hi = bootstrap_ci([r[q] for r in sel], self.n_boot, self.seed)
+                row.update({q: mean, f"{q}_lo": lo, f"{q}_hi": hi})
+            out.append(row)
+        return out
+
+    def figures(self, examples: Mapping, samples: Mapping[str, list]) -> list[str]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        files = []
+        for pattern, ex in examples.items():
+            picks = [0] if ex["cases"] else []
+            picks += [j for j, c in enumerate(ex["cases"]) if c["source"] == "real"][:2]
+            for j in picks[: self.example_slices + 2]:
+                c = ex["cases"][j]
+                ref = np.abs(c["reference"])
+                vmax = float(ref.max())
+                methods = list(ex["recons"])
+                fig, axes = plt.subplots(2, len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 4.6))
+                axes[0, 0].imshow(ref, cmap="gray", vmin=0, vmax=vmax)
+                axes[0, 0].set_title("reference", fontsize=8)
+                axes[1, 0].imshow(ex["mask"], cmap="gray", vmin=0, vmax=1)
+                axes[1, 0].set_title(f"mask R={ex['mask'].size / ex['mask'].sum():.1f}", fontsize=8)
+                for i, m in enumerate(methods, 1):
+                    r = np.abs(ex["recons"][m][j])
+                    met = slice_metrics(r, c["reference"], c["data_range"])
+                    axes[0, i].imshow(r, cmap="gray", vmin=0, vmax=vmax)
+                    axes[0, i].set_title(f"{m}\n{met['psnr']:.1f} dB / {met['ssim']:.3f}", fontsize=7)
+                    axes[1, i].imshow(np.abs(r - ref), cmap="magma", vmin=0, vmax=0.2 * vmax)
+                    axes[1, i].set_title("|error| (x5)", fontsize=7)
+                for ax in axes.ravel():
+                    ax.axis("off")
+                fig.suptitle(f"{pattern}, {'REAL' if c['source'] == 'real' else 'simulated'} slice {c['volume']}:{c['slice']}", fontsize=9)
+                fig.tight_layout()
+                name = f"recon_{pattern}_{'real' if c['source'] == 'real' else 'sim'}_{c['volume']}_{c['slice']}.png"
+                fig.savefig(self.out / name, dpi=100)
+                plt.close(fig)
+                files.append(name)
+        if samples:
+            n = min(6, min(len(v) for v in samples.values()))
+            fig, axes = plt.subplots(len(samples), n, figsize=(1.6 * n, 1.7 * len(samples)), squeeze=False)
+            for r, (kind, zs) in enumerate(samples.items()):
+                for i in range(n):
+                    axes[r, i].imshow(_phase_rgb(zs[i]))
+                    axes[r, i].axis("off")
+                axes[r, 0].set_title(f"prior_{kind}", fontsize=7, loc="left")
+            fig.suptitle("prior samples: brightness = magnitude, hue = phase", fontsize=8)
+            fig.tight_layout()
+            fig.savefig(self.out / "prior_samples.png", dpi=100)
+            plt.close(fig)
+            files.append("prior_samples.png")
+        return files
+
+    @staticmethod
+    def _csv(path: Path, rows: list[dict]) -> None:
+        if not rows:
+            path.write_text("", encoding="utf-8")
+            return
+        keys = list(rows[0])
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+    def write_report(self, summary: list[dict], realism: list[dict], lambdas: dict, figures: list[str]) -> str:
+        lines = ["# Complex-valued priors from phase-augmented data: reconstruction and realism", ""]
+        data = self.provenance.get("data", {})
+        simulated = any("simulated" in str(v.get("source", "")) for v in data.values())
+        lines += ["## Data (read this first)", ""]
+        if simulated:
+            lines += ["**Simulated data**: the paired set and the archive are simulated by `scripts/simulate.py` "
+                      "(MNI152-based brains with B0/RF/coil phase). Results on simulated data prove the pipeline, not "
+                      "the science (DESIGN.md, 'Honesty about data').", ""]
+        for role, v in data.items():
+            lines.append(f"- {role}: " + ", ".join(f"{k}={v[k]}" for k in v))
+        real_rows = [r for r in summary if r["test_set"] == "real"]
+        if real_rows:
+            lines.append(f"- real test slices: `{self.real_glob}` under the real-data folder (fully sampled, 4 coils, "
+                         f"256x256), resampled to {self.size}x{self.size} by cropping the centre of k-space (same FOV, "
+                         f"{256 // self.size}x lower resolution); the phantom file, if present, is a phantom.")
+        else:
+            lines.append("- real test slices: not found (set `real_dir`); simulated test split only.")
+        lines += [f"- image size {self.size}x{self.size}, {self.num_coils} coils, seed {self.seed}; priors: "
+                  f"{json.dumps(self.provenance.get('priors', {}))}", ""]
+        lines += ["## Sampling patterns", ""]
+        for p, lam in lambdas.items():
+            scaled = "" if self.size == 256 else f" (the published 30 of 256 lines scaled to {self.size} px: {lam['calib_lines']})"
+            lines.append(f"- {p}: R = {lam['acceleration']:.2f}, calibration {lam['calib_lines']} lines{scaled}; "
+                         f"L1-wavelet lambda = {lam['lambda']:g} chosen on {lam['num_cases']} validation slices over "
+                         f"{lam['grid']} (mean {lam['metric']}: {[round(s, 2) for s in lam['scores']]})")
+            for kind, t in lam.get("dc_weight", {}).items():
+                lines.append(f"  - prior_{kind}: dc_weight = {t['dc_weight']:g} chosen on the same validation slices over "
+                             f"{t['grid']} (mean {t['metric']}: {[round(s, 2) for s in t['scores']]})")
+        lines += ["", "## Reconstruction: mean over test slices [bootstrap 95 % CI]", "",
+                  "| test set | pattern | R | method | n | PSNR (dB) | SSIM | NMSE |", "|---|---|---|---|---|---|---|---|"]
+        for r in summary:
+            lines.append(f"| {r['test_set']} | {r['pattern']} | {r['acceleration']} | {r['method']} | {r['n_slices']} | "
+                         f"{_fmt(r['psnr'], r['psnr_lo'], r['psnr_hi'], 2)} | {_fmt(r['ssim'], r['ssim_lo'], r['ssim_hi'], 4)} | "
+                         f"{_fmt(r['nmse'], r['nmse_lo'], r['nmse_hi'], 4)} |")
+        lines += ["", "Published anchor (one real 256x256 8-coil MPRAGE slice): 1-D R=5: phase-augmented prior 44.89 dB / "
+                  "0.9805, L1-wavelet 40.41 / 0.9639, magnitude-only prior 37.26 / 0.8159; Poisson R=8.2: 44.25 / 0.9788, "
+                  "41.86 / 0.9726, 37.70 / 0.8203.", ""]
+        lines += ["## Generator realism (prior samples vs held-out real complex images)", "",
+                  "| generator | n real | n synthetic | phase-gradient W1 (rad) | phasor-spectrum W1 | two-sample AUROC | compared with |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in realism:
+            lines.append(f"| {r['generator']} | {r['n_real']} | {r['n_synthetic']} | {r['phase_gradient_w1']:.4f} | "
+                         f"{r['phase_spectrum_w1']:.4f} | {r['two_sample_auroc']:.3f} | {r['compared_with']} |")
+        lines += ["", "AUROC 0.5 = indistinguishable (published joint generator: 0.50-0.66). A magnitude-only prior has no "
+                  "phase (imaginary part 0), so it is trivially separable.", ""]
+        lines += ["## Method", "",
+                  f"- Priors: MONAI DiffusionModelUNet (2 channels real/imag), {self.scheduler_type} objective, UNet "
+                  f"{json.dumps(self.unet)}, {self.prior_iterations} iterations target, batch {self.batch_size}.",
+                  f"- Reconstruction: DDS-style posterior sampling (scripts/prior_recon.py): {json.dumps(self.recon)}, "
+                  "dc_weight tuned per prior and pattern on the validation split; "
+                  "ESPIRiT maps from the ACS (crop 0); the image scale (99.5th percentile) is estimated from the "
+                  "undersampled data by a short CG-SENSE solve, k-space divided by it before and the image multiplied "
+                  "after, for every method.",
+                  "- Metrics on magnitudes vs the fully sampled k-space combined with the same maps; data_range = the "
+                  "reference volume's maximum; SSIM 7x7 (skimage).",
+                  f"- Stage times (s): {json.dumps(self.timings)}", "", "## Figures", ""]
+        lines += [f"![{f}]({f})" for f in figures]
+        text = "\n".join(lines) + "\n"
+        (self.out / "report.md").write_text(text, encoding="utf-8")
+        return text
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> dict:
+        if not logging.getLogger().handlers and not logger.handlers:
+            h = logging.StreamHandler()
+            h.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+            logger.addHandler(h)
+            logger.setLevel(logging.INFO)
+        t_all = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        paired, archive = self.prepare_data()
+        augmented = None
+        if "augmented" in self.priors:
+            augmented = self.augment(archive, self.train_phase_model(paired))
+        data = {"complex": archive, "magnitude": archive, "augmented": augmented}
+        weights = self.train_priors(data, archive)
+        realism = self.realism(weights, archive, augmented)
+        rows, lambdas, examples = self.reconstruct(weights, archive)
+        summary = self.summarise(rows)
+        figures = self.figures(examples, getattr(self, "_samples", {}))
+        self._csv(self.out / "per_slice.csv", rows)
+        self._csv(self.out / "summary.csv", summary)
+        self._csv(self.out / "realism.csv", realism)
+        (self.out / "lambda.json").write_text(json.dumps(lambdas, indent=2) + "\n", encoding="utf-8")
+        self.timings["total"] = round(time.perf_counter() - t_all, 2)
+        self.provenance.update(image_size=self.size, num_coils=self.num_coils, seed=self.seed, calib_lines=self.calib,
+                               patterns=self.patterns, recon=self.recon, unet=self.unet, timings=self.timings,
+                               real_dir_found=bool(self.real_dir and Path(self.real_dir).is_dir()))
+        (self.out / "provenance.json").write_text(json.dumps(self.provenance, indent=2, default=str) + "\n", encoding="utf-8")
+        self.write_report(summary, realism, lambdas, figures)
+        logger.info("prior study written to %s in %.1f s", self.out, self.timings["total"])
+        return {"summary": summary, "realism": realism, "lambdas": lambdas, "output_dir": str(self.out)}
