@@ -62,6 +62,7 @@ __all__ = [
     "espirit_combine",
     "find_split",
     "prepare_dataset",
+    "files_datalist",
     "slice_datalist",
 ]
 
@@ -147,8 +148,13 @@ def slice_datalist(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
 
     Only the ``kspace`` shape of each file is read. Unreadable files are skipped with a warning.
     """
+    return files_datalist(_h5_files(find_split(dataset_dir, split)))
+
+
+def files_datalist(files: Sequence[str]) -> list[dict]:
+    """``[{"file": path, "slice": i}, ...]`` for every slice of the readable h5 ``files`` (others skipped with a warning)."""
     items = []
-    for path in _h5_files(find_split(dataset_dir, split)):
+    for path in files:
         try:
             n = num_slices(path)
         except FastMRIFileError as e:

@@ -50,8 +50,15 @@ from monai.transforms import MapTransform
 
 from scripts.diffusion import PhasePrepareBatch, PhaseSamplingInferer, load_weights, unet_divisor
 from scripts.intensity import magnitude_reference
-from scripts.phase_data import _h5_files, center_crop_or_pad, complex_slice, find_split, prepare_dataset, slice_datalist
-from scripts.fastmri_h5 import FastMRIFileError, num_slices
+from scripts.phase_data import (
+    _h5_files,
+    center_crop_or_pad,
+    complex_slice,
+    files_datalist,
+    find_split,
+    prepare_dataset,
+    slice_datalist,
+)
 
 __all__ = [
     "PRIOR_DATA",
@@ -117,18 +124,6 @@ def _volume_key(path: str) -> str:
     return _SAMPLE_SUFFIX.sub("", Path(path).stem)
 
 
-def _slices(files: Sequence[str]) -> list[dict]:
-    items = []
-    for path in files:
-        try:
-            n = num_slices(path)
-        except FastMRIFileError as e:
-            logger.warning("skipped %s", e)
-            continue
-        items += [{"file": path, "slice": i} for i in range(n)]
-    return items
-
-
 def prior_datalist(dataset_dir: str | os.PathLike, split: str, val_fraction: float = 0.15, seed: int = 0) -> list[dict]:
     """``[{"file", "slice"}, ...]`` of ``split`` of ``dataset_dir``.
 
@@ -152,7 +147,7 @@ def prior_datalist(dataset_dir: str | os.PathLike, split: str, val_fraction: flo
     n_val = 0 if len(keys) < 2 else max(1, int(round(val_fraction * len(keys))))
     val_keys = set(rank[:n_val])
     chosen = [f for f in files if (_volume_key(f) in val_keys) == (split == "val")]
-    return _slices(chosen)
+    return files_datalist(chosen)
 
 
 def prepare_prior_dataset(dataset_dir: str | os.PathLike, prior_data: str = "complex", simulate: bool = True,

@@ -37,7 +37,7 @@ from scripts.fastmri_h5 import write_fastmri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PHASE_SOURCES", "Study", "prepare_real_test_set"]
+__all__ = ["PHASE_SOURCES", "Study", "is_phantom", "prepare_real_test_set"]
 
 PHASE_SOURCES = ("ground_truth", "diffusion", "gan", "physics", "smooth", "sinusoidal", "uniform", "zero")
 LEARNED = {"diffusion": "train_diffusion", "gan": "train_gan"}
@@ -54,6 +54,12 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def is_phantom(path: str | os.PathLike) -> bool:
+    """Whether a real-data file is a phantom (``*Ph*`` in its name, e.g. ``4h_Ph.mat``): phantoms are
+    not brains and are left out of every real test set."""
+    return "Ph" in Path(path).stem
+
+
 def prepare_real_test_set(real_dir: str | os.PathLike, output_dir: str | os.PathLike, image_size: int) -> list[str]:
     """Real fully sampled multi-coil brain slices (``*.mat`` with ``DATA`` (H, W, coils) coil images)
     -> fastMRI h5 at ``image_size``, by cropping the centre of k-space (a lower-resolution
@@ -68,7 +74,7 @@ def prepare_real_test_set(real_dir: str | os.PathLike, output_dir: str | os.Path
 
     out = []
     for mat in sorted(Path(real_dir).glob("*.mat")):
-        if "Ph" in mat.stem:
+        if is_phantom(mat):
             continue
         coil_images = np.moveaxis(np.asarray(loadmat(mat)["DATA"]), -1, 0)  # (coils, H, W)
         kspace = fft2c(coil_images.astype(np.complex64))

@@ -52,7 +52,8 @@ def test_no_monai_generative():
 
 
 # Override files are used on top of a base: --config_file "['configs/<base>','configs/<overlay>']".
-OVERLAYS = {"multi_gpu_train.json": "train.json", "study_full.json": "study.json", "study_fastmri.json": "study.json"}
+OVERLAYS = {"multi_gpu_train.json": "train.json", "study_full.json": "study.json", "study_fastmri.json": "study.json",
+            "prior_study_cpu64.json": "prior_study.json", "prior_study_full.json": "prior_study.json"}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.json") if p.name != "metadata.json"))
