@@ -76,6 +76,7 @@ __all__ = ["PriorStudy", "bootstrap_ci", "run_bundle"]
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 METHODS_BASE = ("zero_filled", "l1_wavelet")
+MIN_VERDICT_SLICES = 5  # fewer paired slices than this: the report states the difference but draws no verdict
 SMOKE_ITERATIONS = 1000  # below this a prior is untrained: the report says its numbers are a pipeline check
 # the published finding, as pairs "first beats second": phase-augmented prior > L1-wavelet > magnitude-only prior
 PUBLISHED_ORDER = (("prior_augmented", "l1_wavelet"), ("l1_wavelet", "prior_magnitude"), ("prior_augmented", "prior_complex"))
@@ -514,7 +515,8 @@ class PriorStudy:
     def compare(self, rows: list[dict], pairs: Sequence[tuple[str, str]] = PUBLISHED_ORDER, metric: str = "psnr") -> list[dict]:
         """Paired per-slice differences ``a - b`` of ``metric`` for each ``(a, b)`` of ``pairs`` (the published
         ordering), per test set and pattern: mean and bootstrap 95 % CI; ``verdict`` is ``"a > b"`` when the
-        interval is above 0, ``"a < b"`` below, else ``"no clear difference"``."""
+        interval is above 0, ``"a < b"`` below, else ``"no clear difference"`` (none with fewer than
+        ``MIN_VERDICT_SLICES`` slices)."""
         out = []
         groups = sorted({(r["test_set"], r["pattern"]) for r in rows}, key=lambda k: (k[0] != "simulated", k[1]))
         for test_set, pattern in groups:
@@ -527,7 +529,10 @@ class PriorStudy:
                     continue
                 keys = sorted(set(by[a]) & set(by[b]))
                 mean, lo, hi = bootstrap_ci([by[a][k] - by[b][k] for k in keys], self.n_boot, self.seed)
-                verdict = f"{a} > {b}" if lo > 0 else f"{a} < {b}" if hi < 0 else "no clear difference"
+                if len(keys) < MIN_VERDICT_SLICES:  # a bootstrap of 2-4 values has almost no distinct resamples
+                    verdict = f"too few slices to judge (n={len(keys)})"
+                else:
+                    verdict = f"{a} > {b}" if lo > 0 else f"{a} < {b}" if hi < 0 else "no clear difference"
                 out.append({"test_set": test_set, "pattern": pattern, "a": a, "b": b, "metric": metric,
                             "n_slices": len(keys), "difference": mean, "lo": lo, "hi": hi, "verdict": verdict})
         return out

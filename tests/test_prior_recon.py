@@ -286,3 +286,5 @@ def test_published_ordering_is_judged_on_paired_differences(tmp_path):
     assert verdicts[("prior_augmented", "prior_complex")]["verdict"] == "prior_augmented < prior_complex"
     assert verdicts[("l1_wavelet", "prior_magnitude")]["verdict"] == "no clear difference"
     assert all(c["n_slices"] == 12 for c in verdicts.values())
+    two = [r for r in rows if r["slice"] < 2]
+    assert all(c["verdict"] == "too few slices to judge (n=2)" for c in study.compare(two))
