@@ -426,15 +426,23 @@ def crop_kspace(kspace: np.ndarray, size: int | None) -> np.ndarray:
     return k * np.float32(size / math.sqrt(kspace.shape[-2] * kspace.shape[-1]))  # keep image magnitudes
 
 
-def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequence[int] | None = None) -> tuple[np.ndarray, dict]:
-    """Fully sampled multi-coil k-space ``(S, C, H, W)`` of a fastMRI h5 or a ``.mat`` file, centre-cropped to ``size``.
+def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequence[int] | None = None,
+                remove_oversampling: bool = False) -> tuple[np.ndarray, dict]:
+    """Multi-coil k-space ``(S, C, H, W)`` of a fastMRI h5 or a ``.mat`` file, centre-cropped to ``size``.
 
     ``.mat``: key ``DATA`` ``(H, W, C)`` image-domain coil images (the real 4-coil slices) or
-    ``kspace*`` keys ``(H, W[, C])``. Returns ``(kspace, info)`` with the original size and
-    whether a stored ``mask`` (prospectively undersampled data) was found.
+    ``kspace*`` keys ``(H, W[, C])``. A stored ``mask`` (fastMRI: 1-D over the phase-encoding
+    axis W) marks prospectively undersampled data; it is returned as ``info["mask"]`` ``(H, W)``,
+    cropped with the k-space. ``remove_oversampling`` first crops the image along the readout axis
+    H to ``W`` rows (fastMRI raw files: 640 readout samples for 320 phase encodes); along the readout
+    every line is fully sampled, so this is exact for undersampled data too. Returns
+    ``(kspace, info)`` with the original and final sizes.
     """
+    from scripts.phase_data import center_crop_or_pad
+
     path = str(path)
     info: dict[str, Any] = {"file": os.path.basename(path)}
+    mask = None
     if path.endswith(".mat"):
         import scipy.io
 
@@ -446,7 +454,6 @@ def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequen
             key = next(k for k in d if k.startswith("kspace"))
             k = np.asarray(d[key]).astype(np.complex64)
             k = k[None, None] if k.ndim == 2 else np.moveaxis(k, -1, 0)[None]
-        info["mask"] = None
     else:
         import h5py
 
@@ -456,10 +463,21 @@ def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequen
             k = np.stack([np.asarray(f["kspace"][i]) for i in idx]).astype(np.complex64)
             if k.ndim == 3:
                 k = k[:, None]
-            info["mask"] = np.asarray(f["mask"]) if "mask" in f else None
+            mask = np.asarray(f["mask"], dtype=np.float32) if "mask" in f else None
             info["slices"] = idx
-    info["original_size"] = list(k.shape[-2:])
-    k = np.stack([crop_kspace(s, size) for s in k]) if size else k
+    h, w = k.shape[-2:]
+    info["original_size"] = [h, w]
+    if mask is not None:
+        if mask.size not in (w, h * w):
+            raise ValueError(f"{path}: mask of shape {mask.shape} does not fit k-space {h}x{w}")
+        mask = np.broadcast_to(mask.reshape(-1, w) if mask.size == h * w else mask.reshape(1, w), (h, w))
+    if remove_oversampling and h > w:
+        k = fft2c(center_crop_or_pad(ifft2c(k), (w, w)))
+        mask = None if mask is None else mask[:w]  # constant along the readout
+    if size:
+        k = np.stack([crop_kspace(s, size) for s in k])
+        mask = None if mask is None else center_crop_or_pad(mask, (size, size))
+    info["mask"] = None if mask is None else np.ascontiguousarray(mask, dtype=np.float32)
     info["size"] = list(k.shape[-2:])
     return k, info
 
@@ -572,7 +590,7 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
                      calib_lines: int | None = None, mask_seed: int = 0, slices: Sequence[int] | None = None,
                      num_steps: int = 50, dc_weight: float = 30.0, cg_iters: int = 5, final_dc_weight: float | None = None,
                      final_cg_iters: int = 5, eta: float = 1.0, scale_method: str = "sense", seed: int = 0,
-                     start_fraction: float = 0.5, num_samples: int = 8,
+                     start_fraction: float = 0.5, num_samples: int = 8, remove_oversampling: bool = False,
                      l1_lambda: float | None = None, l1_max_iter: int = 100, device: Any = "cpu",
                      network: torch.nn.Module | None = None) -> dict:
     """Reconstruct every (or the chosen) slice of ``kspace`` with the prior at ``prior``.
@@ -580,7 +598,7 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
     Fully sampled input is undersampled retrospectively with ``mask`` (then the reference is
     known and metrics are written); input with a stored ``mask`` dataset is used as measured.
     k-space larger than the prior's image size is centre-cropped in k-space (same FOV, lower
-    resolution). The defaults (``dc_weight`` 30, 8 posterior samples averaged, warm start half-way)
+    resolution); ``remove_oversampling`` first drops 2x readout oversampling (fastMRI raw files). The defaults (``dc_weight`` 30, 8 posterior samples averaged, warm start half-way)
     are the settings the 64 px prior study chose on its validation split
     (``configs/prior_study_cpu64.json``); tune them for other data. Writes
     ``<output_dir>/<name>_<mask>.h5`` (``reconstruction`` complex,
@@ -593,13 +611,15 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
     net, card = load_prior(prior, network)
     net = net.to(device)
     size = int(card["image_size"]) if card.get("image_size") else None
-    full, info = read_kspace(kspace, size, slices)
+    full, info = read_kspace(kspace, size, slices, remove_oversampling)
     h, w = full.shape[-2:]
+    if h != w or (size and (h, w) != (size, size)):
+        logger.warning("%s: k-space is %dx%d after cropping, the prior was trained at %s px%s", Path(kspace).name, h, w,
+                       size, " (fastMRI raw data: set remove_oversampling)" if h > w else "")
     calib = default_calib_lines(min(h, w)) if calib_lines is None else int(calib_lines)
     measured = info.get("mask") is not None
     if measured:
-        m = np.asarray(info["mask"], dtype=np.float32)
-        m = np.broadcast_to(m.reshape(1, -1) if m.ndim == 1 else m, (h, w)).astype(np.float32)
+        m = info["mask"]
     else:
         m = make_mask(mask, (h, w), acceleration, calib, mask_seed)
     cases = [make_case(s, m, calib) for s in full]
@@ -617,12 +637,13 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(kspace).stem}_{'measured' if measured else mask}"
-    metrics: dict[str, Any] = {"input": info, "mask": "measured" if measured else mask, "acceleration": float(m.size / m.sum()),
+    metrics: dict[str, Any] = {"input": {k: v for k, v in info.items() if k != "mask"}, "mask": "measured" if measured else mask, "acceleration": float(m.size / m.sum()),
                                "calib_lines": calib, "prior": card, "scale": res["scale"].tolist(),
                                "settings": {"num_steps": num_steps, "dc_weight": dc_weight, "cg_iters": cg_iters,
                                             "final_dc_weight": final_dc_weight, "final_cg_iters": final_cg_iters,
                                             "eta": eta, "scale_method": scale_method, "seed": seed,
                                             "start_fraction": start_fraction, "num_samples": num_samples,
+                                            "remove_oversampling": remove_oversampling,
                                             "l1_lambda": l1_lambda}}
     if not measured:
         ref = np.stack([c["reference"] for c in cases])

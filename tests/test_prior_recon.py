@@ -195,6 +195,42 @@ def test_reconstruct_entry_point_writes_outputs(tmp_path):
         assert f["reconstruction"].shape == (2, SIZE, SIZE) and f["reconstruction"].dtype == np.complex64
 
 
+def test_measured_fastmri_file_keeps_its_own_mask(tmp_path):
+    """Prospectively undersampled fastMRI-style input (stored 1-D mask, 2x readout oversampling, larger than
+    the prior): the stored mask is used (cropped with the k-space), and the output is the prior's size."""
+    import h5py
+
+    from scripts.prior_recon import make_mask, read_kspace, reconstruct_file
+
+    rng = np.random.default_rng(1)
+    h, w = 4 * SIZE, 2 * SIZE  # readout 2x oversampled, then twice the prior's resolution
+    z = np.zeros((h, w), np.complex64)
+    z[h // 4 : 3 * h // 4] = phantom(rng, w)  # the object fills the central half of the readout FOV
+    maps = birdcage(4, (h, w), radius=1.5)
+    cols = make_mask("equispaced1d", (w, w), 4.0, 16, seed=0)[0]
+    k = (fft2c(maps * z[None]) * cols).astype(np.complex64)
+    path = tmp_path / "measured.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=k[None])
+        f.create_dataset("mask", data=cols.astype(bool))
+    kc, info = read_kspace(path, SIZE, remove_oversampling=True)
+    assert kc.shape == (1, 4, SIZE, SIZE) and info["original_size"] == [h, w] and info["mask"].shape == (SIZE, SIZE)
+    np.testing.assert_array_equal(info["mask"][0], cols[SIZE // 2 : SIZE // 2 + SIZE])
+    unsampled = info["mask"][0] == 0
+    assert np.abs(kc[..., unsampled]).max() < 1e-4 * np.abs(kc).max()  # the readout crop keeps the zeros
+    out = reconstruct_file(str(path), str(write_fake_prior(tmp_path / "prior")), str(tmp_path / "out"), num_steps=2,
+                           num_samples=1, remove_oversampling=True)
+    assert out["mask"] == "measured" and "mean" not in out
+    with h5py.File(tmp_path / "out" / "measured_measured.h5") as f:
+        assert f["reconstruction"].shape == (1, SIZE, SIZE)
+        np.testing.assert_array_equal(f["mask"][()], info["mask"])
+    with h5py.File(path, "a") as f:
+        del f["mask"]
+        f["mask"] = cols[:-1]
+    with pytest.raises(ValueError, match="does not fit"):
+        read_kspace(path, SIZE)
+
+
 def test_real_slices_are_resampled_to_the_prior_size(real_dir):
     from scripts.prior_recon import make_case, make_mask, read_kspace
 
