@@ -663,6 +663,9 @@ class PriorStudy:
         lines += ["## Method", "",
                   f"- Priors: MONAI DiffusionModelUNet (2 channels real/imag), {self.scheduler_type} objective, UNet "
                   f"{json.dumps(self.unet)}, {self.prior_iterations} iterations target, batch {self.batch_size}.",
+                  f"- Phase model (conditional, augments the archive): {self.phase_scheduler_type} objective, "
+                  f"{self.phase_iterations} iterations target, {self.phase_steps} sampling steps, {self.augment_samples} "
+                  "phase samples per archive magnitude (`phase_model` / `augmented` in provenance.json).",
                   f"- Reconstruction: DDS-style posterior sampling (scripts/prior_recon.py): {json.dumps(self.recon)}, "
                   "dc_weight tuned per prior and pattern on the validation split; "
                   "ESPIRiT maps from the ACS (crop 0); the image scale (99.5th percentile) is estimated from the "
