@@ -155,3 +155,23 @@ def test_config_exposes_the_bundle_ids(monkeypatch):
     train.read_config(str(ROOT / "configs" / "train.json"))
     missing = sorted(k for k in train.get() if k not in parser.get())
     assert not missing, f"configs/train_prior.json lacks ids of configs/train.json: {missing}"
+
+
+@pytest.mark.parametrize("profile", ["prior_study_cpu64.json", "prior_study_full.json"])
+def test_prior_study_profiles_build(profile, monkeypatch):
+    """The CPU and GPU prior-study profiles build: the study object, and the prior network with their UNet settings."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(ROOT)
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "prior_study.json"), str(ROOT / "configs" / profile)])
+    study = parser.get_parsed_content("study", instantiate=True)
+    assert study.size == parser["image_size"] and study.prior_iterations >= 1000
+    prior = ConfigParser()
+    prior.read_config(str(ROOT / "configs" / "train_prior.json"))
+    prior.update({**study.unet, "image_size": study.size})
+    net = prior.get_parsed_content("network_def")
+    assert list(net.block_out_channels) == list(study.unet["unet_channels"])
+    with torch.no_grad():
+        out = net(torch.zeros(1, 2, 32, 32), timesteps=torch.tensor([10]))
+    assert out.shape == (1, 2, 32, 32)
