@@ -38,7 +38,6 @@ Stages (each skipped when its output already exists, so an interrupted study res
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import json
@@ -54,6 +53,8 @@ import numpy as np
 import torch
 
 from scripts.diffusion import _checkpoint_iteration
+from scripts.evaluate import write_csv
+from scripts.metrics import bootstrap_ci
 from scripts.prior import PRIOR_DATA, PriorSamplingInferer, channels_to_complex, load_prior, sampler_from_card
 from scripts.prior_recon import (
     MASK_PATTERNS,
@@ -70,11 +71,11 @@ from scripts.prior_recon import (
     tune_l1_lambda,
     zero_filled,
 )
+from scripts.workflow import ROOT, run_bundle
 
-__all__ = ["PriorStudy", "bootstrap_ci", "run_bundle"]
+__all__ = ["PriorStudy"]
 
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 METHODS_BASE = ("zero_filled", "l1_wavelet")
 MIN_VERDICT_SLICES = 5  # fewer paired slices than this: the report states the difference but draws no verdict
 SMOKE_ITERATIONS = 1000  # below this a prior is untrained: the report says its numbers are a pipeline check
@@ -85,36 +86,6 @@ PUBLISHED_ORDER = (("prior_augmented", "l1_wavelet"), ("l1_wavelet", "prior_magn
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """``(mean, lo, hi)``: the 95 % percentile bootstrap of the mean (:func:`scripts.metrics.bootstrap_ci`)."""
-    from scripts.metrics import bootstrap_ci as _bootstrap
-
-    return _bootstrap(values, n=int(n_boot), seed=int(seed))
-
-
-@contextlib.contextmanager
-def _cwd(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-def run_bundle(config_file: str, run_id: str = "training", **overrides: Any) -> None:
-    """Run ``run_id`` of a bundle config in-process (``ConfigWorkflow``), cwd at the bundle root
-    so that the configs' ``%configs/...`` macros resolve."""
-    from monai.bundle import ConfigWorkflow
-
-    with _cwd(ROOT):
-        wf = ConfigWorkflow(config_file=config_file, meta_file=str(ROOT / "configs" / "metadata.json"),
-                            logging_file=False, run_id=run_id, workflow_type=None, **overrides)
-        wf.initialize()
-        wf.run()
-        wf.finalize()
-
-
 def _slice_items(dataset_dir: str, split: str, limit: int | None) -> list[tuple[str, int]]:
     from scripts.phase_data import slice_datalist
 
@@ -283,7 +254,7 @@ class PriorStudy:
         n = len(slice_datalist(paired, "train"))
         epochs = self._epochs(self.phase_iterations, n)
         if not (root / "models" / "checkpoint_final.pt").exists():
-            run_bundle("configs/train.json", bundle_root=str(root), dataset_dir=paired, image_size=self.size,
+            run_bundle("configs/train.json", cwd=ROOT, bundle_root=str(root), dataset_dir=paired, image_size=self.size,
                        num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
                        batch_size=self.batch_size, num_workers=0, progress_bar=False, val_interval=max(1, epochs // 5),
                        log_interval=100, ckpt_interval=10**9, scheduler_type=self.phase_scheduler_type,
@@ -344,7 +315,7 @@ class PriorStudy:
             target = epochs * int(math.ceil(n / self.batch_size))
             done = _checkpoint_iteration(str(ckpt / "checkpoint_final.pt")) if (ckpt / "checkpoint_final.pt").exists() else None
             if done is None or done < target:  # a shorter earlier run is resumed (train.json's checkpoint loader)
-                run_bundle("configs/train_prior.json", bundle_root=str(root), dataset_dir=data[kind], prior_data=kind,
+                run_bundle("configs/train_prior.json", cwd=ROOT, bundle_root=str(root), dataset_dir=data[kind], prior_data=kind,
                            val_dataset_dir=val_dir if kind != "augmented" else data[kind], image_size=self.size,
                            num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
                            batch_size=self.batch_size, num_workers=0, progress_bar=False,
@@ -507,7 +478,7 @@ class PriorStudy:
             row = {"test_set": test_set, "pattern": pattern, "acceleration": sel[0]["acceleration"], "method": method,
                    "n_slices": len(sel)}
             for q in ("psnr", "ssim", "nmse"):
-                mean, lo, hi = bootstrap_ci([r[q] for r in sel], self.n_boot, self.seed)
+                mean, lo, hi = bootstrap_ci([r[q] for r in sel], n=self.n_boot, seed=self.seed)
                 row.update({q: mean, f"{q}_lo": lo, f"{q}_hi": hi})
             out.append(row)
         return out
@@ -528,7 +499,7 @@ class PriorStudy:
                 if a not in by or b not in by:
                     continue
                 keys = sorted(set(by[a]) & set(by[b]))
-                mean, lo, hi = bootstrap_ci([by[a][k] - by[b][k] for k in keys], self.n_boot, self.seed)
+                mean, lo, hi = bootstrap_ci([by[a][k] - by[b][k] for k in keys], n=self.n_boot, seed=self.seed)
                 if len(keys) < MIN_VERDICT_SLICES:  # a bootstrap of 2-4 values has almost no distinct resamples
                     verdict = f"too few slices to judge (n={len(keys)})"
                 else:
@@ -586,18 +557,6 @@ class PriorStudy:
             plt.close(fig)
             files.append("prior_samples.png")
         return files
-
-    @staticmethod
-    def _csv(path: Path, rows: list[dict]) -> None:
-        if not rows:
-            path.write_text("", encoding="utf-8")
-            return
-        keys = list(rows[0])
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
     def write_report(self, summary: list[dict], realism: list[dict], lambdas: dict, figures: list[str],
                      comparisons: Sequence[dict] = ()) -> str:
@@ -700,10 +659,10 @@ class PriorStudy:
         summary = self.summarise(rows)
         comparisons = self.compare(rows)
         figures = self.figures(examples, getattr(self, "_samples", {}))
-        self._csv(self.out / "per_slice.csv", rows)
-        self._csv(self.out / "summary.csv", summary)
-        self._csv(self.out / "realism.csv", realism)
-        self._csv(self.out / "comparisons.csv", comparisons)
+        write_csv(rows, self.out / "per_slice.csv")
+        write_csv(summary, self.out / "summary.csv")
+        write_csv(realism, self.out / "realism.csv")
+        write_csv(comparisons, self.out / "comparisons.csv")
         (self.out / "lambda.json").write_text(json.dumps(lambdas, indent=2) + "\n", encoding="utf-8")
         self.timings["total"] = round(time.perf_counter() - t_all, 2)
         self.provenance.update(image_size=self.size, num_coils=self.num_coils, seed=self.seed, calib_lines=self.calib,

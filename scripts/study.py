@@ -191,14 +191,9 @@ class Study:
 
     # ------------------------------------------------------------------ stages
     def _workflow(self, config: str, **override: Any) -> None:
-        from monai.bundle import ConfigWorkflow
+        from scripts.workflow import run_bundle
 
-        files = [str(self.config_dir / config)]
-        wf = ConfigWorkflow(config_file=files, workflow_type="train", meta_file=None, logging_file=False,
-                            run_id="run", **override)
-        wf.initialize()
-        wf.run()
-        wf.finalize()
+        run_bundle(self.config_dir / config, run_id="run", **override)
 
     def _simulate(self) -> dict:
         from scripts.simulate import simulate_dataset

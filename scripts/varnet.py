@@ -477,7 +477,7 @@ def train_varnet(
     Returns:
         ``Path`` of ``<output_dir>/model.pt`` (or of the latest resume checkpoint if no validation ran).
     """
-    from monai.bundle import ConfigWorkflow
+    from scripts.workflow import run_bundle
 
     config_file = config_file or str(ROOT / "configs" / "train_varnet.json")
     pairs: dict[str, Any] = {
@@ -502,17 +502,7 @@ def train_varnet(
     if device is not None:
         pairs["device"] = f"$torch.device('{device}')"
     pairs.update(overrides)
-    workflow = ConfigWorkflow(
-        config_file=[str(c) for c in config_file] if isinstance(config_file, (list, tuple)) else str(config_file),
-        meta_file=str(ROOT / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type=None,
-        run_id="training",
-        **pairs,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    run_bundle(config_file, run_id="training", **pairs)
     best = Path(output_dir) / BEST_CHECKPOINT
     if best.is_file():
         return best

@@ -54,12 +54,12 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def train_prior(bundle_root: Path, dataset_dir: Path, prior_data: str, **extra) -> Path:
-    from scripts.prior_report import run_bundle
+    from scripts.workflow import ROOT, run_bundle
 
     settings = dict(bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), prior_data=prior_data, image_size=SIZE,
                     max_epochs=1, batch_size=2, num_workers=0, progress_bar=False, val_interval=1, ckpt_interval=1,
                     simulate_if_missing=False, **UNET)
-    run_bundle("configs/train_prior.json", **{**settings, **extra})
+    run_bundle("configs/train_prior.json", cwd=ROOT, **{**settings, **extra})
     return bundle_root / "models" / f"prior_{prior_data}"
 
 

@@ -177,12 +177,12 @@ def write_fake_prior(folder: Path, prior_data: str = "augmented") -> Path:
 
 
 def test_reconstruct_entry_point_writes_outputs(tmp_path):
-    from scripts.prior_report import run_bundle
+    from scripts.workflow import ROOT, run_bundle
 
     data = make_dataset(tmp_path / "data", splits=(("test", 1),), slices=2, noise=0.01)
     prior = write_fake_prior(tmp_path / "prior")
     out = tmp_path / "out"
-    run_bundle("configs/reconstruct.json", run_id="reconstruct", kspace=str(data / "test" / "vol0.h5"), prior=str(prior),
+    run_bundle("configs/reconstruct.json", run_id="reconstruct", cwd=ROOT, kspace=str(data / "test" / "vol0.h5"), prior=str(prior),
                mask="poisson", acceleration=4.0, calib_lines=8, num_steps=2, output_dir=str(out), l1_lambda=0.01,
                l1_max_iter=10)
     metrics = json.loads((out / "vol0_poisson_metrics.json").read_text())
