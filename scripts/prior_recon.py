@@ -472,6 +472,8 @@ def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequen
             raise ValueError(f"{path}: mask of shape {mask.shape} does not fit k-space {h}x{w}")
         mask = np.broadcast_to(mask.reshape(-1, w) if mask.size == h * w else mask.reshape(1, w), (h, w))
     if remove_oversampling and h > w:
+        if mask is not None and not np.all(mask == mask[:1]):
+            raise ValueError(f"{path}: a 2-D sampling mask is not constant along the readout; cannot remove oversampling")
         k = fft2c(center_crop_or_pad(ifft2c(k), (w, w)))
         mask = None if mask is None else mask[:w]  # constant along the readout
     if size:

@@ -229,6 +229,11 @@ def test_measured_fastmri_file_keeps_its_own_mask(tmp_path):
         f["mask"] = cols[:-1]
     with pytest.raises(ValueError, match="does not fit"):
         read_kspace(path, SIZE)
+    with h5py.File(path, "a") as f:  # a 2-D mask varies along the readout: dropping oversampling is not exact
+        del f["mask"]
+        f["mask"] = make_mask("poisson", (h, w), 4.0, 16, seed=0).astype(bool)
+    with pytest.raises(ValueError, match="not constant along the readout"):
+        read_kspace(path, SIZE, remove_oversampling=True)
 
 
 def test_real_slices_are_resampled_to_the_prior_size(real_dir):
