@@ -16,6 +16,7 @@ All functions take real magnitude images (RSS, centre-cropped by the caller or w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -107,22 +108,46 @@ def bootstrap_ci(
     seed: int = 0,
     confidence: float = 0.95,
     statistic: Callable[[np.ndarray], float] = np.mean,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[float, float, float]:
     """``(statistic, low, high)``: percentile bootstrap interval of ``statistic`` over ``values``.
 
     Non-finite values (e.g. an infinite PSNR of a perfect slice) are dropped first. With a
     single value the interval collapses to it; with none everything is NaN.
+
+    ``groups`` (one label per value, e.g. the subject of each slice): cluster bootstrap, i.e.
+    whole groups are resampled with replacement and ``statistic`` is taken over the pooled
+    values of the drawn groups. Slices of one subject are correlated, so resampling slices
+    as if independent gives intervals that are too narrow; with one group the interval
+    collapses to the point, which says that the data cannot give one.
     """
     x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
+    g = None if groups is None else np.asarray(groups, dtype=object).ravel()
+    if g is not None and g.size != x.size:
+        raise ValueError(f"groups has {g.size} labels for {x.size} values")
+    keep = np.isfinite(x)
+    x = x[keep]
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
     point = float(statistic(x))
-    if x.size == 1:
-        return point, point, point
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(n), x.size))
-    stats = np.array([statistic(x[i]) for i in idx]) if statistic is not np.mean else x[idx].mean(axis=1)
+    if g is None:
+        if x.size == 1:
+            return point, point, point
+        idx = rng.integers(0, x.size, size=(int(n), x.size))
+        stats = np.array([statistic(x[i]) for i in idx]) if statistic is not np.mean else x[idx].mean(axis=1)
+    else:
+        _, label = np.unique(g[keep].astype(str), return_inverse=True)
+        members = [np.flatnonzero(label == k) for k in range(label.max() + 1)]
+        if len(members) == 1:
+            return point, point, point
+        draws = rng.integers(0, len(members), size=(int(n), len(members)))
+        if statistic is np.mean:  # pooled mean from per-group sums and counts
+            sums = np.array([x[m].sum() for m in members])
+            counts = np.array([m.size for m in members])
+            stats = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+        else:
+            stats = np.array([statistic(x[np.concatenate([members[k] for k in d])]) for d in draws])
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1.0 - alpha])
     return point, float(low), float(high)

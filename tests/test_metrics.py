@@ -92,3 +92,23 @@ def test_bootstrap_ci():
     assert bootstrap_ci([1.0, 2.0, math.inf])[0] == pytest.approx(1.5)  # a perfect slice's inf PSNR is dropped
     med = bootstrap_ci(values, statistic=np.median, n=200)
     assert med[1] <= med[0] <= med[2]
+
+
+def test_cluster_bootstrap_resamples_subjects():
+    """Slices of one subject are not independent: the subject-level interval is as wide as one over subject means."""
+    rng = np.random.default_rng(2)
+    subjects = np.repeat(np.arange(8), 12)
+    values = rng.normal(0, 1, 8)[subjects] + 0.05 * rng.standard_normal(subjects.size)  # subject effect dominates
+    point, low, high = bootstrap_ci(values, groups=subjects, n=2000)
+    _, s_low, s_high = bootstrap_ci(values, n=2000)
+    _, m_low, m_high = bootstrap_ci([values[subjects == k].mean() for k in range(8)], n=2000)
+    assert point == pytest.approx(values.mean())
+    assert high - low > 2.5 * (s_high - s_low)  # the slice bootstrap is far too narrow here
+    assert high - low == pytest.approx(m_high - m_low, rel=0.15)  # equal-sized groups: a bootstrap of subject means
+    assert bootstrap_ci(values, groups=np.zeros(subjects.size)) == (point, point, point)  # one subject: no interval
+    assert bootstrap_ci(values, groups=np.arange(subjects.size), seed=3)[1:] != (point, point)
+    assert bootstrap_ci([1.0, 2.0, math.inf], groups=["a", "b", "b"])[0] == pytest.approx(1.5)
+    med = bootstrap_ci(values, groups=subjects, statistic=np.median, n=100)
+    assert med[1] <= med[0] <= med[2]
+    with pytest.raises(ValueError, match="3 labels for 2 values"):
+        bootstrap_ci([1.0, 2.0], groups=[0, 1, 2])

@@ -263,12 +263,14 @@ def test_prior_study_report_at_tiny_scale(tmp_path):
     splits = (("train", 2), ("val", 1), ("test", 1))
     paired = make_dataset(tmp_path / "paired", splits=splits, noise=0.01, seed=3)
     archive = make_dataset(tmp_path / "archive", splits=splits, noise=0.01, seed=4)
+    held_out = make_dataset(tmp_path / "held_out", splits=(("test", 3),), noise=0.01, seed=5)  # replaces archive/test
     study = PriorStudy(output_dir=str(tmp_path / "report"), work_dir=str(tmp_path / "work"), image_size=SIZE,
-                       paired_dir=str(paired), archive_dir=str(archive), calib_lines=8, phase_iterations=1,
+                       paired_dir=str(paired), archive_dir=str(archive), test_dir=str(held_out), calib_lines=8,
+                       phase_iterations=1,
                        phase_sampling_steps=2, augment_samples=1, prior_iterations=1, batch_size=4,
                        unet={"unet_channels": [8, 16], "unet_attention_levels": [False, False], "unet_num_head_channels": 8},
                        recon={"num_steps": 2}, dc_weight_grid=[1.0], l1_lambda_grid=[1e-3, 1e-2], l1_max_iter=5,
-                       max_val_slices=2, max_test_slices=2, realism_samples=4, realism_steps=2, two_sample_epochs=1,
+                       max_val_slices=2, max_test_slices=3, realism_samples=4, realism_steps=2, two_sample_epochs=1,
                        real_dir=None, n_boot=50,
                        patterns={"equispaced1d": {"acceleration": 4.0}, "poisson": {"acceleration": 4.0}})
     result = study.run()
@@ -280,6 +282,9 @@ def test_prior_study_report_at_tiny_scale(tmp_path):
     methods = {r["method"] for r in result["summary"]}
     assert methods == {"zero_filled", "l1_wavelet", "prior_complex", "prior_augmented", "prior_magnitude"}
     assert all(r["psnr_lo"] <= r["psnr"] <= r["psnr_hi"] for r in result["summary"])
+    assert {(r["n_slices"], r["n_subjects"]) for r in result["summary"]} == {(3, 3)}  # one slice from each held-out file
+    assert json.loads((out / "provenance.json").read_text())["data"]["test"]["source"] == "given folder (user data)"
+    assert {r["n_reference"] for r in result["realism"] if "held-out test set" in r["compared_with"]} == {6}
     lam = json.loads((out / "lambda.json").read_text())
     assert lam["poisson"]["lambda"] in (1e-3, 1e-2) and lam["poisson"]["dc_weight"]["augmented"]["dc_weight"] == 1.0
     text = (out / "report.md").read_text()
@@ -309,23 +314,30 @@ def test_real_test_set_leaves_phantoms_out(tmp_path):
 
 
 def test_published_ordering_is_judged_on_paired_differences(tmp_path):
-    """``compare`` bootstraps per-slice differences: a consistent 1 dB lead is a win, noise is 'no clear difference'."""
-    from scripts.prior_report import PriorStudy
+    """``compare`` bootstraps per-slice differences over SUBJECTS: a consistent 1 dB lead is a win, noise is
+    'no clear difference', and many slices of too few subjects give no verdict at all."""
+    from scripts.prior_report import MIN_VERDICT_SUBJECTS, PriorStudy
 
     rng = np.random.default_rng(0)
     rows = []
-    for j in range(12):
-        base = 20 + 3 * rng.standard_normal()  # slices differ a lot; the paired differences do not
-        for method, psnr in (("prior_augmented", base + 1.0 + 0.1 * rng.standard_normal()), ("l1_wavelet", base),
-                             ("prior_magnitude", base + rng.standard_normal()), ("prior_complex", base + 2.0)):
-            rows.append({"test_set": "simulated", "pattern": "poisson", "volume": "v", "slice": j, "method": method,
-                         "psnr": psnr})
+    for v in range(6):
+        subject = 3 * rng.standard_normal()  # subjects and slices differ a lot; the paired differences do not
+        for j in range(4):
+            base = 20 + subject + rng.standard_normal()
+            for method, psnr in (("prior_augmented", base + 1.0 + 0.1 * rng.standard_normal()), ("l1_wavelet", base),
+                                 ("prior_magnitude", base + rng.standard_normal()), ("prior_complex", base + 2.0)):
+                rows.append({"test_set": "simulated", "pattern": "poisson", "volume": f"v{v}", "slice": j,
+                             "method": method, "psnr": psnr})
     study = PriorStudy(output_dir=str(tmp_path), work_dir=str(tmp_path), n_boot=500)
     verdicts = {(c["a"], c["b"]): c for c in study.compare(rows)}
-    assert verdicts[("prior_augmented", "l1_wavelet")]["verdict"] == "prior_augmented > l1_wavelet"
-    assert abs(verdicts[("prior_augmented", "l1_wavelet")]["difference"] - 1.0) < 0.1
+    win = verdicts[("prior_augmented", "l1_wavelet")]
+    assert win["verdict"] == "prior_augmented > l1_wavelet" and abs(win["difference"] - 1.0) < 0.1
+    assert win["subjects_a_ahead"] == 6
     assert verdicts[("prior_augmented", "prior_complex")]["verdict"] == "prior_augmented < prior_complex"
     assert verdicts[("l1_wavelet", "prior_magnitude")]["verdict"] == "no clear difference"
-    assert all(c["n_slices"] == 12 for c in verdicts.values())
-    two = [r for r in rows if r["slice"] < 2]
-    assert all(c["verdict"] == "too few slices to judge (n=2)" for c in study.compare(two))
+    assert all(c["n_slices"] == 24 and c["n_subjects"] == 6 for c in verdicts.values())
+    few = [r for r in rows if r["volume"] in ("v0", "v1")]  # 8 slices, but 2 subjects
+    assert MIN_VERDICT_SUBJECTS > 2
+    assert all(c["verdict"] == "too few subjects to judge (n=2)" for c in study.compare(few))
+    summary = study.summarise([{**r, "acceleration": 8.0, "ssim": 0.5, "nmse": 0.1} for r in rows])
+    assert {(r["n_slices"], r["n_subjects"]) for r in summary} == {(24, 6)}
