@@ -3,7 +3,7 @@
 Written by :func:`write_report` from the outputs of :class:`scripts.study.Study`:
 
 - ``report.md``: provenance, the main table (NMSE / PSNR / SSIM per phase source x R with
-  bootstrap 95% intervals over test slices) per test set, the phase-realism table, the
+  95% intervals that resample volumes, i.e. subjects) per test set, the phase-realism table, the
   ranking per R, stage timings;
 - ``metrics_<test set>.csv`` (summary rows), ``slices_<test set>.csv`` (per slice),
   ``realism.csv``;
@@ -50,6 +50,8 @@ def _label(row: Mapping[str, Any]) -> str:
 def _cell(row: Mapping[str, Any], metric: str) -> str:
     f = FORMAT[metric]
     mean, low, high = row[f"{metric}_slice_mean"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    if int(row["volumes"]) < 2:  # nothing to resample
+        return f.format(mean)
     return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
 
 
@@ -179,7 +181,8 @@ def write_report(study, evaluations: Mapping[str, Mapping[str, str]], realism: M
         "# Phase-source comparison: VarNet trained on synthetic k-space",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} in {seconds / 60:.1f} min. "
-        "Cells: mean over test slices [bootstrap 95% interval].",
+        "Cells: mean over test slices [95% interval, bootstrap over volumes (subjects): slices of one volume are "
+        "correlated; no interval for a single volume].",
         "",
         *_provenance(study),
     ]

@@ -191,6 +191,29 @@ def test_evaluator_writes_slice_and_volume_csvs(dataset_dir, trained, tmp_path):
     assert [r["nmse"] for r in again["slices"]] == [r["nmse"] for r in res["slices"] if r["method"] == "zero_filled"]
 
 
+def test_summary_intervals_resample_volumes():
+    """The summary CI treats a volume's slices as one unit; a single volume gets no interval."""
+    from scripts.evaluate import format_summary, summarize
+
+    rng = np.random.default_rng(0)
+    common = {"label": "x", "method": "varnet", "acceleration": 4.0}
+    slices, volumes = [], []
+    for v in range(6):
+        level = rng.normal(0.8, 0.05)  # volumes differ, their slices barely do
+        rows = [{**common, "file": f"f{v}", "slice": s, "nmse": 0.01, "psnr": 30.0, "ssim": level + 1e-3 * rng.standard_normal()}
+                for s in range(8)]
+        slices += rows
+        volumes.append({**common, "file": f"f{v}", "nmse": 0.01, "psnr": 30.0, "ssim": np.mean([r["ssim"] for r in rows])})
+    row = summarize(slices, volumes, n_bootstrap=2000)[0]
+    width = row["ssim_ci_high"] - row["ssim_ci_low"]
+    means = [v["ssim"] for v in volumes]
+    expected = 2 * 1.96 * np.std(means) / np.sqrt(len(means))  # the spread of volume means, not of 48 slices
+    assert row["volumes"] == 6 and row["slices"] == 48 and width == pytest.approx(expected, rel=0.35)
+    one = summarize(slices[:8], volumes[:1])[0]
+    assert one["ssim_ci_low"] == one["ssim_slice_mean"] == one["ssim_ci_high"]
+    assert "- (1 volume)" in format_summary([one]) and "- (1 volume)" not in format_summary([row])
+
+
 def test_evaluate_config_workflow(dataset_dir, trained, tmp_path):
     from monai.bundle import ConfigWorkflow
 
