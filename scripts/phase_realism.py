@@ -5,7 +5,8 @@ gives a phase for the true magnitude; the synthetic image is ``|z| * exp(i * pha
 SAME magnitude. Figures, each over the test slices:
 
 - ``coherence``: mean over slices of :func:`scripts.phase_metrics.phase_coherence` with the
-  true phase (magnitude-weighted; 1 = the true phase up to a constant), with a bootstrap CI;
+  true phase (magnitude-weighted; 1 = the true phase up to a constant), with a 95 % CI from a
+  bootstrap over volumes (subjects: their slices are correlated);
 - ``gradient_distance``: Wasserstein distance of the pooled wrapped phase gradients inside
   the head, synthetic vs true (rad/pixel);
 - ``spectrum_distance``: mean |log10| difference of the radial power spectra of the phasor;
@@ -33,7 +34,8 @@ __all__ = ["load_test_images", "phase_realism"]
 
 
 def load_test_images(test_dir: str | os.PathLike, max_slices: int | None = None) -> list[np.ndarray]:
-    """The true complex images (``image_complex``) of every h5 file under ``test_dir``, normalised, volume by volume."""
+    """The true complex images (``image_complex``) of every h5 file under ``test_dir``, normalised, volume by volume
+    (``max_slices``: an even spread over all slices, still grouped by volume)."""
     volumes = []
     for path in sorted(Path(test_dir).glob("*.h5")):
         stack = np.stack([read_slice(path, i, ("image_complex",))["image_complex"] for i in range(num_slices(path))])
@@ -41,9 +43,11 @@ def load_test_images(test_dir: str | os.PathLike, max_slices: int | None = None)
     if not volumes:
         raise FileNotFoundError(f"{test_dir}: no h5 files with 'image_complex' (paired complex test data)")
     total = sum(len(v) for v in volumes)
-    if max_slices and total > max_slices:  # an even spread of slices, as one stack
-        keep = np.linspace(0, total - 1, max_slices).round().astype(int)
-        volumes = [np.concatenate(volumes)[keep]]
+    if max_slices and total > max_slices:
+        keep = np.unique(np.linspace(0, total - 1, max_slices).round().astype(int))
+        owner = np.repeat(np.arange(len(volumes)), [len(v) for v in volumes])[keep]
+        flat = np.concatenate(volumes)
+        volumes = [flat[keep[owner == k]] for k in np.unique(owner)]
     return [np.stack([s / magnitude_reference(np.abs(s)) for s in v]) for v in volumes]
 
 
@@ -66,11 +70,12 @@ def phase_realism(
     real_slices = [s for v in truth for s in v]
     synth_slices = [s for v in synth for s in v]
     coherence = [phase_coherence(zs, zr) for zs, zr in zip(synth_slices, real_slices)]
-    mean, low, high = bootstrap_ci(coherence, seed=seed)
+    mean, low, high = bootstrap_ci(coherence, seed=seed, groups=[v for v, volume in enumerate(truth) for _ in volume])
     test = classifier_two_sample_test(real_slices, synth_slices, seed=seed, **dict(classifier or {}))
     return {
         "source": source,
         "slices": len(real_slices),
+        "volumes": len(truth),
         "coherence": mean,
         "coherence_ci_low": low,
         "coherence_ci_high": high,

@@ -120,3 +120,20 @@ def test_radial_spectrum_and_distance():
     # sizes may differ: the frequency axis is in cycles/pixel
     big = np.kron(smooth, np.ones((2, 2)))
     assert spectrum_distance([smooth], [big]) < 1.0
+
+
+def test_realism_keeps_slices_grouped_by_volume(tmp_path):
+    """Subsampled test slices stay grouped by file, and the coherence interval resamples files."""
+    from scripts.fastmri_h5 import write_fastmri
+    from scripts.phase_realism import load_test_images, phase_realism
+
+    rng = np.random.default_rng(0)
+    for v in range(3):
+        z = (disc(32) * (1 + v) * np.exp(1j * rng.uniform(-1, 1, (4, 1, 1)))).astype(np.complex64)  # 4 slices
+        write_fastmri(tmp_path / f"vol{v}.h5", z[:, None], extra={"image_complex": z})
+    full, some = load_test_images(tmp_path), load_test_images(tmp_path, max_slices=6)
+    assert [len(v) for v in full] == [4, 4, 4] and [len(v) for v in some] == [2, 2, 2]
+    assert all(np.allclose(np.abs(s).max(), 1.0, atol=0.05) for v in some for s in v)  # normalised per slice
+    res = phase_realism("uniform", {}, tmp_path, max_slices=6, classifier={"epochs": 1, "channels": (4, 4, 4)})
+    assert res["slices"] == 6 and res["volumes"] == 3
+    assert res["coherence_ci_low"] <= res["coherence"] <= res["coherence_ci_high"]
