@@ -64,6 +64,7 @@ __all__ = [
     "prepare_dataset",
     "files_datalist",
     "slice_datalist",
+    "spread_evenly",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,14 @@ def slice_datalist(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
     Only the ``kspace`` shape of each file is read. Unreadable files are skipped with a warning.
     """
     return files_datalist(_h5_files(find_split(dataset_dir, split)))
+
+
+def spread_evenly(n: int, limit: int | None) -> np.ndarray:
+    """Indices of at most ``limit`` of ``n`` items, evenly spread and deterministic (all of them when
+    ``limit`` is ``None``/0 or not below ``n``)."""
+    if not limit or n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, int(limit)).round().astype(int))
 
 
 def files_datalist(files: Sequence[str]) -> list[dict]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from scripts.fastmri_h5 import num_slices, read_slice
 from scripts.intensity import magnitude_reference
+from scripts.phase_data import spread_evenly
 from scripts.metrics import bootstrap_ci
 from scripts.phase_metrics import phase_coherence, phase_gradient_distance, spectrum_distance
 from scripts.phase_sources import get_phase_source
@@ -36,18 +37,15 @@ __all__ = ["load_test_images", "phase_realism"]
 def load_test_images(test_dir: str | os.PathLike, max_slices: int | None = None) -> list[np.ndarray]:
     """The true complex images (``image_complex``) of every h5 file under ``test_dir``, normalised, volume by volume
     (``max_slices``: an even spread over all slices, still grouped by volume)."""
-    volumes = []
-    for path in sorted(Path(test_dir).glob("*.h5")):
-        stack = np.stack([read_slice(path, i, ("image_complex",))["image_complex"] for i in range(num_slices(path))])
-        volumes.append(stack)
-    if not volumes:
+    paths = sorted(Path(test_dir).glob("*.h5"))
+    if not paths:
         raise FileNotFoundError(f"{test_dir}: no h5 files with 'image_complex' (paired complex test data)")
-    total = sum(len(v) for v in volumes)
-    if max_slices and total > max_slices:
-        keep = np.unique(np.linspace(0, total - 1, max_slices).round().astype(int))
-        owner = np.repeat(np.arange(len(volumes)), [len(v) for v in volumes])[keep]
-        flat = np.concatenate(volumes)
-        volumes = [flat[keep[owner == k]] for k in np.unique(owner)]
+    counts = [num_slices(p) for p in paths]
+    keep = spread_evenly(sum(counts), max_slices)
+    owner = np.repeat(np.arange(len(paths)), counts)[keep]
+    first = np.cumsum([0, *counts])
+    volumes = [np.stack([read_slice(paths[k], int(i), ("image_complex",))["image_complex"] for i in keep[owner == k] - first[k]])
+               for k in np.unique(owner)]  # only the kept slices are read
     return [np.stack([s / magnitude_reference(np.abs(s)) for s in v]) for v in volumes]
 
 

@@ -90,13 +90,10 @@ PUBLISHED_ORDER = (("prior_augmented", "l1_wavelet"), ("l1_wavelet", "prior_magn
 # helpers
 # --------------------------------------------------------------------------------------
 def _slice_items(dataset_dir: str, split: str, limit: int | None) -> list[tuple[str, int]]:
-    from scripts.phase_data import slice_datalist
+    from scripts.phase_data import slice_datalist, spread_evenly
 
     items = [(d["file"], d["slice"]) for d in slice_datalist(dataset_dir, split)]
-    if limit and len(items) > limit:  # evenly spread over the split, deterministic
-        idx = np.unique(np.linspace(0, len(items) - 1, int(limit)).round().astype(int))
-        items = [items[i] for i in idx]
-    return items
+    return [items[i] for i in spread_evenly(len(items), limit)]
 
 
 def _h5_slice(path: str, index: int, key: str) -> np.ndarray:
@@ -350,12 +347,12 @@ class PriorStudy:
         role = "test" if "test" in data else "archive"
         return ("held-out test set" if role == "test" else "archive test split"), "simulated" in str(data.get(role, {}).get("source", ""))
 
-    def realism(self, weights: Mapping[str, str], archive: str, augmented: str, test: str | None = None) -> list[dict]:
-        """Prior samples scored against the held-out true complex images (``test``'s test split; default
-        the archive's) and, when present, the REAL slices (too few for the classifier: phase statistics only)."""
+    def realism(self, weights: Mapping[str, str], archive: str, augmented: str, test: str) -> list[dict]:
+        """Prior samples scored against the held-out true complex images (``test``'s test split) and, when
+        present, the REAL slices (too few for the classifier: phase statistics only)."""
         t0 = time.perf_counter()
         where, simulated = self._test_source()
-        truth = [_h5_slice(f, i, "image_complex") for f, i in _slice_items(test or archive, "test", None)]
+        truth = [_h5_slice(f, i, "image_complex") for f, i in _slice_items(test, "test", None)]
         truth_note = f"{where}, true complex images" + (" (SIMULATED)" if simulated else "")
         full = np.ones((self.size, self.size), dtype=np.float32)
         real = [c["reference"] for c in self._real_cases(full, self.calib)]
@@ -454,11 +451,10 @@ class PriorStudy:
         for c in cases:
             c["data_range"] = vmax[c["volume"]]
 
-    def reconstruct(self, weights: Mapping[str, str], archive: str, test: str | None = None) -> tuple[list[dict], dict, dict]:
-        """Tune on the archive's validation split, test on ``test``'s test split (default the archive's) and the REAL slices."""
+    def reconstruct(self, weights: Mapping[str, str], archive: str, test_dir: str) -> tuple[list[dict], dict, dict]:
+        """Tune on the archive's validation split, test on ``test_dir``'s test split and the REAL slices."""
         t0 = time.perf_counter()
         rows, lambdas, examples = [], {}, {}
-        test_dir = test or archive
         for p_i, (pattern, opts) in enumerate(self.patterns.items()):
             calib = int(opts.get("calib_lines") or self.calib)
             mask = make_mask(pattern, (self.size, self.size), opts.get("acceleration"), calib, seed=self.seed)

@@ -418,8 +418,7 @@ def test_multi_gpu_config_ddp_two_cpu_processes(trained, tmp_path):
     _, data = trained
     bundle = tmp_path / "bundle"
     configs = "['configs/train.json','configs/multi_gpu_train.json']"
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(bundle),
+    args = ["-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(bundle),
             "--dataset_dir", data, "--max_epochs", "2", "--batch_size", "1"]
     for k, v in TINY_TRAIN.items():
         if k not in ("max_epochs", "batch_size"):
@@ -428,13 +427,13 @@ def test_multi_gpu_config_ddp_two_cpu_processes(trained, tmp_path):
 
     def launch():
         shutil.rmtree(bundle, ignore_errors=True)
-        port = ["--master_port", str(_free_port())]
-        return subprocess.run(args[:5] + port + args[5:], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+        return subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
     proc = launch()
     if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
-        # A rare SIGABRT of one CPU rank inside torch's gloo backend (seen once in CI; 0 of 58 launches here,
-        # 4-5 at a time on 2 cores). Any other failure, or this one twice, still fails the test.
+        # A rare SIGABRT of one CPU rank inside torch's gloo backend (seen once in CI; 0 of 72 launches here,
+        # up to 5 at a time on 2 cores). Any other failure, or this one twice, still fails the test.
         proc = launch()
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
     ckpt = torch.load(latest_checkpoint(bundle / "models"), weights_only=True)
