@@ -8,7 +8,7 @@ velocity objective: RFlow cannot sample from an epsilon model), prints per sampl
 - network evaluations (NFE) per slice and seconds per slice (all slices in one batch);
 - phase-gradient distance: Wasserstein-1 (rad/pixel) between the pooled wrapped phase
   gradients inside the head of the true val images and of ``|z| exp(i phi_hat)``
-  (``scripts.phase_metrics.phase_gradient_distance``; lower is better);
+  (``scripts.phase.metrics.phase_gradient_distance``; lower is better);
 - phase coherence ``|sum w exp(i(phi_hat - phi))| / sum w``, w = |z| (mean over slices;
   invariant to a global phase offset; 1 = the true phase);
 - background check: mean resultant length of the wrapped neighbour phase differences
@@ -46,10 +46,10 @@ if str(ROOT) not in sys.path:
 
 from monai.bundle import ConfigParser  # noqa: E402
 
-from scripts.diffusion import PhaseSamplingInferer, load_weights  # noqa: E402
-from scripts.intensity import normalize_magnitude  # noqa: E402
-from scripts.phase_data import center_crop_or_pad, complex_slice, slice_datalist  # noqa: E402
-from scripts.phase_metrics import head_mask, phase_coherence, phase_gradient_distance  # noqa: E402
+from scripts.phase.diffusion import PhaseSamplingInferer, load_weights  # noqa: E402
+from scripts.core.intensity import normalize_magnitude  # noqa: E402
+from scripts.phase.data import center_crop_or_pad, complex_slice, slice_datalist  # noqa: E402
+from scripts.phase.metrics import head_mask, phase_coherence, phase_gradient_distance  # noqa: E402
 
 DEFAULT_SAMPLERS = "ddpm:1000,ddim:10,ddim:25,ddim:50,ddim:10:1,ddim:25:1,ddim:50:1,rflow:10,rflow:25"
 
@@ -124,7 +124,7 @@ def save_samples(path: Path, z: np.ndarray, phases: np.ndarray, title: str) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scripts.diffusion import circular_variance
+    from scripts.phase.diffusion import circular_variance
 
     n = phases.shape[0]
     fig, axes = plt.subplots(1, n + 3, figsize=(1.9 * (n + 3), 2.2))

@@ -6,13 +6,13 @@
 1. Throughput: a NIfTI archive of ``--slices`` magnitude slices (volumes of ``--per-volume``)
    goes through the whole pipeline (read -> phase -> coils -> FFT -> write) in this process;
    the per-stage times are the synthesizer's own. The FFT floor is the bare forward FFT
-   (:func:`scripts.fft.fft2c`, the pipeline's own) of arrays of the same (slices, coils,
-   H, W) shape, timed in the same run; numpy/sigpy's FFT and ``scripts.fastmri_h5.rss``
+   (:func:`scripts.core.fft.fft2c`, the pipeline's own) of arrays of the same (slices, coils,
+   H, W) shape, timed in the same run; numpy/sigpy's FFT and ``scripts.io.fastmri_h5.rss``
    (the inverse FFT ``write_fastmri`` does to store ``reconstruction_rss``) are timed too.
 2. Memory: a fresh subprocess per archive size (``--mem``, in slices) runs the synthesizer
    and reports its peak RSS (``ru_maxrss``); outputs are deleted afterwards.
 3. ESPIRiT bank: ``--bank-files`` reference fastMRI files (3 slices each, ``--coils`` coils,
-   ``--size``) are made and :func:`scripts.coils.build_espirit_bank` is timed (a cold build,
+   ``--size``) are made and :func:`scripts.coils.simulation.build_espirit_bank` is timed (a cold build,
    then the warm check that reuses it).
 """
 
@@ -37,8 +37,10 @@ import numpy as np  # noqa: E402
 import sigpy  # noqa: E402
 import torch  # noqa: E402
 
-from scripts import coils, fastmri_h5  # noqa: E402
-from scripts.synthesize import Synthesizer  # noqa: E402
+from scripts.coils import simulation as coils  # noqa: E402
+
+from scripts.io import fastmri_h5  # noqa: E402
+from scripts.synthesis.synthesize import Synthesizer  # noqa: E402
 
 
 def make_archive(root: Path, slices: int, per_volume: int, size: int) -> None:
@@ -64,7 +66,7 @@ VARIANTS = {
     "default": {},                                              # config defaults: noise, maps drawn per slice
     "no_noise": {"noise_std": 0.0},
     "no_noise_maps_per_volume": {"noise_std": 0.0, "maps_per_slice": False},
-    # what-if (not the shipped code): write_fastmri's reconstruction_rss through torch's FFT (scripts.fft.ifft2c)
+    # what-if (not the shipped code): write_fastmri's reconstruction_rss through torch's FFT (scripts.core.fft.ifft2c)
     "no_noise_maps_per_volume_torch_rss": {"noise_std": 0.0, "maps_per_slice": False},
 }
 

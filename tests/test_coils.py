@@ -10,9 +10,9 @@ import sigpy.mri
 import torch
 from monai.data.fft_utils import ifftn_centered
 
-from scripts import coils
-from scripts.fft import fft2c, from_real_imag_last, ifft2c, to_real_imag_last
-from scripts.coils import (
+from scripts.coils import simulation as coils
+from scripts.core.fft import fft2c, from_real_imag_last, ifft2c, to_real_imag_last
+from scripts.coils.simulation import (
     BirdcageMaps,
     DrawCoilMapsd,
     EspiritMapBank,
@@ -26,7 +26,7 @@ from scripts.coils import (
     resample_maps,
     simulate_coils,
 )
-from scripts.fastmri_h5 import write_fastmri
+from scripts.io.fastmri_h5 import write_fastmri
 
 RNG = np.random.default_rng(0)
 

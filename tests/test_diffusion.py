@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from conftest import ROOT
-from scripts.diffusion import (
+from scripts.phase.diffusion import (
     PhasePrepareBatch,
     PhaseSamplingInferer,
     apply_phase,
@@ -35,8 +35,8 @@ from scripts.diffusion import (
     phasor_to_phase,
     wrap_phase,
 )
-from scripts.fastmri_h5 import write_fastmri
-from scripts.phase_data import LoadPhaseSliced, complex_slice, prepare_dataset, slice_datalist
+from scripts.io.fastmri_h5 import write_fastmri
+from scripts.phase.data import LoadPhaseSliced, complex_slice, prepare_dataset, slice_datalist
 
 TINY_NET = {
     "image_size": 32,
@@ -219,7 +219,7 @@ def test_slice_dataset_streams_from_h5(tmp_path):
 
 
 def test_default_dataset_is_simulated_on_first_use(tmp_path, monkeypatch, in_root):
-    import scripts.simulate
+    import scripts.simulate.dataset
 
     calls = []
 
@@ -227,7 +227,7 @@ def test_default_dataset_is_simulated_on_first_use(tmp_path, monkeypatch, in_roo
         calls.append((num_subjects, slices_per_subject, image_size, num_coils, seed))
         make_dataset(output_dir, files=(1, 1, 0), slices=1)
 
-    monkeypatch.setattr(scripts.simulate, "simulate_dataset", fake_simulate)
+    monkeypatch.setattr(scripts.simulate.dataset, "simulate_dataset", fake_simulate)
     with pytest.raises(FileNotFoundError, match="no fastMRI-format training data"):
         prepare_dataset(tmp_path / "absent", simulate=False)
     # train.json's default: <bundle_root>/data/simulated, made with common.json's size and coils

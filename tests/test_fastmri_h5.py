@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sigpy
 
-from scripts.fastmri_h5 import FastMRIFileError, num_slices, read_fastmri, read_slice, rss, write_fastmri
+from scripts.io.fastmri_h5 import FastMRIFileError, num_slices, read_fastmri, read_slice, rss, write_fastmri
 
 
 def _kspace(shape=(3, 4, 32, 24), seed=0):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from scripts.fastmri_h5 import write_fastmri
-from scripts.gan import (
+from scripts.io.fastmri_h5 import write_fastmri
+from scripts.phase.gan import (
     PhaseCoherence,
     Pix2PixGenerator,
     Pix2PixLoss,
@@ -141,7 +141,7 @@ def test_bundle_training_checkpoints_and_resume(tmp_path, repo_root, monkeypatch
     final = torch.load(ckpt_dir / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 2 * per_epoch and final["g_optimizer"]["param_groups"][0]["lr"] > 0
 
-    from scripts.phase_sources import get_phase_source
+    from scripts.phase.sources import get_phase_source
 
     mag = np.abs(np.random.default_rng(0).normal(size=(2, N, N))).astype(np.float32)
     phase = get_phase_source("gan", checkpoint=str(ckpt_dir / "generator.pt"))(mag, seed=0)

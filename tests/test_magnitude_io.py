@@ -17,8 +17,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from scripts.fastmri_h5 import rss, write_fastmri
-from scripts.magnitude_io import (
+from scripts.io.fastmri_h5 import rss, write_fastmri
+from scripts.io.magnitude import (
     BadInput,
     LoadMagnituded,
     MagnitudeInputError,
@@ -313,7 +313,7 @@ def test_mixed_folder_yields_good_and_lists_bad(tmp_path, caplog):
         BAD[name](tmp_path / name)
     (tmp_path / "README.txt").write_text("ignored")
     bad: list[BadInput] = []
-    with caplog.at_level(logging.WARNING, logger="scripts.magnitude_io"):
+    with caplog.at_level(logging.WARNING, logger="scripts.io.magnitude"):
         good = list(iter_magnitude_volumes(tmp_path, bad=bad))
     assert sorted(v.kind for v in good) == ["dicom", "nifti", "png"]
     assert all(isinstance(v, MagnitudeVolume) for v in good) and len({v.id for v in good}) == 3
@@ -352,7 +352,7 @@ def test_no_patient_data_anywhere(tmp_path, caplog):
 def test_load_magnituded_in_compose(tmp_path):
     from monai.transforms import Compose
 
-    from scripts.intensity import NormalizeMagnituded
+    from scripts.core.intensity import NormalizeMagnituded
 
     data = RNG.integers(1, 500, size=(16, 16, 3)).astype(np.int16)
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "v.nii.gz")

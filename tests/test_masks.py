@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scripts.masks import (
+from scripts.core.masks import (
     MaskSampler,
     acs_bounds,
     acs_size,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from scripts.metrics import bootstrap_ci, center_crop, nmse, psnr, slice_metrics, ssim, volume_metrics
+from scripts.core.metrics import bootstrap_ci, center_crop, nmse, psnr, slice_metrics, ssim, volume_metrics
 
 
 @pytest.fixture()

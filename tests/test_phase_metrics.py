@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scripts.phase_metrics import (
+from scripts.phase.metrics import (
     head_mask,
     phase_coherence,
     phase_gradient_distance,
@@ -124,8 +124,8 @@ def test_radial_spectrum_and_distance():
 
 def test_realism_keeps_slices_grouped_by_volume(tmp_path):
     """Subsampled test slices stay grouped by file, and the coherence interval resamples files."""
-    from scripts.fastmri_h5 import write_fastmri
-    from scripts.phase_realism import load_test_images, phase_realism
+    from scripts.io.fastmri_h5 import write_fastmri
+    from scripts.phase.realism import load_test_images, phase_realism
 
     rng = np.random.default_rng(0)
     for v in range(3):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from scripts import physics
-from scripts.phase_sources import PHASE_SOURCES, PhaseSource, get_phase_source, wrap_phase
+from scripts.core import physics
+from scripts.phase.sources import PHASE_SOURCES, PhaseSource, get_phase_source, wrap_phase
 
 N = 32
 PI32 = np.float32(np.pi)  # the interval (-pi, pi] in float32
@@ -121,7 +121,7 @@ def test_physics_reuses_scripts_physics(monkeypatch):
 
     monkeypatch.setattr(physics, "field_from_susceptibility", spy)
     get_phase_source("physics")(_head()[None], seed=0)
-    assert calls and len(calls[0]) == 3, "the dipole field must come from scripts.physics, on a 3-D head"
+    assert calls and len(calls[0]) == 3, "the dipole field must come from scripts.core.physics, on a 3-D head"
 
 
 def test_physics_phase_varies_most_at_air_tissue_boundaries():
@@ -155,7 +155,7 @@ def _check_learned(source, magnitude, random: bool = True):
 
 
 def test_gan_source_from_checkpoint(tmp_path, magnitude):
-    from scripts.gan import Pix2PixGenerator, pix2pix_depth
+    from scripts.phase.gan import Pix2PixGenerator, pix2pix_depth
 
     net = Pix2PixGenerator(depth=pix2pix_depth(N), ngf=8)
     torch.save(net.state_dict(), tmp_path / "generator.pt")

@@ -1,4 +1,4 @@
-"""Complex-image diffusion priors (scripts/prior.py, configs/train_prior.json): CPU, 32x32, tiny nets."""
+"""Complex-image diffusion priors (scripts/recon/prior.py, configs/train_prior.json): CPU, 32x32, tiny nets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from conftest import ROOT
 
-from scripts.coils import birdcage
-from scripts.fft import fft2c
-from scripts.fastmri_h5 import write_fastmri
+from scripts.coils.simulation import birdcage
+from scripts.core.fft import fft2c
+from scripts.io.fastmri_h5 import write_fastmri
 
 SIZE = 32
 UNET = {"unet_channels": [8, 16], "unet_attention_levels": [False, False], "unet_num_head_channels": 8,
@@ -54,7 +54,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def train_prior(bundle_root: Path, dataset_dir: Path, prior_data: str, **extra) -> Path:
-    from scripts.workflow import ROOT, run_bundle
+    from scripts.studies.runner import ROOT, run_bundle
 
     settings = dict(bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), prior_data=prior_data, image_size=SIZE,
                     max_epochs=1, batch_size=2, num_workers=0, progress_bar=False, val_interval=1, ckpt_interval=1,
@@ -65,8 +65,8 @@ def train_prior(bundle_root: Path, dataset_dir: Path, prior_data: str, **extra) 
 
 # ---------------------------------------------------------------------------------------------
 def test_loader_normalises_and_builds_each_variant(tiny_data):
-    from scripts.prior import LoadComplexSliced, channels_to_complex
-    from scripts.phase_data import slice_datalist
+    from scripts.recon.prior import LoadComplexSliced, channels_to_complex
+    from scripts.phase.data import slice_datalist
 
     item = slice_datalist(tiny_data, "train")[0]
     z = channels_to_complex(LoadComplexSliced(prior_data="complex", spatial_size=SIZE)(item)["image"].numpy(), dim=0)
@@ -84,7 +84,7 @@ def complex_to_channels_np(z):
 
 
 def test_flat_folder_is_split_by_volume(tmp_path):
-    from scripts.prior import prior_datalist
+    from scripts.recon.prior import prior_datalist
 
     root = tmp_path / "aug"
     for key in ("a", "b", "c", "d"):
@@ -113,7 +113,7 @@ def test_prior_trains_and_checkpoints_load(prior_data, tiny_data, tmp_path):
     assert any(k.startswith("conv_in") for k in state)
     assert (tmp_path / "bundle" / "runs" / f"prior_{prior_data}").is_dir()  # TensorBoard
 
-    from scripts.prior import PriorSamplingInferer, load_prior, sampler_from_card
+    from scripts.recon.prior import PriorSamplingInferer, load_prior, sampler_from_card
 
     net, card = load_prior(ckpt / "model.pt")
     assert card["prior_data"] == prior_data and card["network"]["in_channels"] == 2
@@ -132,7 +132,7 @@ def test_prior_trains_and_checkpoints_load(prior_data, tiny_data, tmp_path):
 def test_rflow_prepare_batch_targets_velocity():
     from monai.networks.schedulers import RFlowScheduler
 
-    from scripts.prior import PriorPrepareBatch
+    from scripts.recon.prior import PriorPrepareBatch
 
     batch = {"image": torch.randn(2, 2, 8, 8)}
     images, target, args, kwargs = PriorPrepareBatch(RFlowScheduler(1000, spatial_dim=2))(batch)

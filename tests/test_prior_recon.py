@@ -1,4 +1,4 @@
-"""Prior-regularised reconstruction (scripts/prior_recon.py), the two-sample test and the prior study report."""
+"""Prior-regularised reconstruction (scripts/recon/posterior.py), the two-sample test and the prior study report."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from test_prior import SIZE, make_dataset, phantom
 
-from scripts.coils import birdcage
-from scripts.fft import fft2c
+from scripts.coils.simulation import birdcage
+from scripts.core.fft import fft2c
 
 
 def tiny_net():
@@ -26,7 +26,7 @@ def tiny_net():
 
 def problem(noise: float = 0.0, n_images: int = 2, pattern: str = "equispaced1d", scale: float = 300.0):
     """Images in scanner-like units, true birdcage maps, k-space, a mask and the noise that was added."""
-    from scripts.prior_recon import make_mask
+    from scripts.recon.posterior import make_mask
 
     rng = np.random.default_rng(0)
     z = np.stack([phantom(rng) for _ in range(n_images)]) * np.float32(scale)
@@ -38,7 +38,7 @@ def problem(noise: float = 0.0, n_images: int = 2, pattern: str = "equispaced1d"
 
 
 def residual(x, maps, mask, y):
-    from scripts.prior_recon import SenseOp
+    from scripts.recon.posterior import SenseOp
 
     op = SenseOp(torch.from_numpy(maps), torch.from_numpy(mask)[None])
     return (op.forward(torch.as_tensor(x)) - torch.from_numpy(y)).flatten(1).norm(dim=1).numpy()
@@ -46,7 +46,7 @@ def residual(x, maps, mask, y):
 
 # ---------------------------------------------------------------------------------------------
 def test_masks_follow_the_published_patterns():
-    from scripts.prior_recon import default_calib_lines, make_mask
+    from scripts.recon.posterior import default_calib_lines, make_mask
 
     assert default_calib_lines(256) == 30 and default_calib_lines(64) == 8 and default_calib_lines(32) == 4
     eq = make_mask("equispaced1d", (64, 64), 5.0)
@@ -60,7 +60,7 @@ def test_masks_follow_the_published_patterns():
 
 
 def test_scale_estimate_is_close_to_the_true_percentile():
-    from scripts.prior_recon import SenseOp, estimate_scale
+    from scripts.recon.posterior import SenseOp, estimate_scale
 
     z, maps, y, mask, _ = problem(noise=0.01)
     s = estimate_scale(torch.from_numpy(y), SenseOp(torch.from_numpy(maps), torch.from_numpy(mask)[None]))
@@ -72,8 +72,8 @@ def test_scale_estimate_is_close_to_the_true_percentile():
 def test_reconstruction_enforces_data_consistency(noise):
     """Even with an untrained prior, a strong final DC solve makes the sampled k-space of the output
     match the measurement: to 1 % noiseless, to the noise level with noise."""
-    from scripts.prior import build_scheduler
-    from scripts.prior_recon import PriorPosteriorSampler
+    from scripts.recon.prior import build_scheduler
+    from scripts.recon.posterior import PriorPosteriorSampler
 
     z, maps, y, mask, n = problem(noise=noise)
     smp = PriorPosteriorSampler(tiny_net(), build_scheduler("ddim", image_size=SIZE), num_steps=3, dc_weight=1.0,
@@ -91,8 +91,8 @@ def test_reconstruction_enforces_data_consistency(noise):
 def test_averaging_posterior_samples_reduces_their_spread():
     """``num_samples`` averages posterior samples: two seeds then disagree less, and the result is still
     reproducible for a seed."""
-    from scripts.prior import build_scheduler
-    from scripts.prior_recon import PriorPosteriorSampler
+    from scripts.recon.prior import build_scheduler
+    from scripts.recon.posterior import PriorPosteriorSampler
 
     _, maps, y, mask, _ = problem(noise=0.02, n_images=1)
     net, sched = tiny_net(), build_scheduler("ddim", image_size=SIZE)
@@ -129,8 +129,8 @@ class OracleEps(torch.nn.Module):
 def test_oracle_prior_recovers_the_image(sampler):
     """The sampling/DC arithmetic is right: with an oracle denoiser the posterior sampler returns the
     true image (up to the scale estimate, which the oracle is told) far better than zero-filling."""
-    from scripts.prior import build_scheduler, complex_to_channels
-    from scripts.prior_recon import PriorPosteriorSampler, SenseOp, estimate_scale, slice_metrics, zero_filled
+    from scripts.recon.prior import build_scheduler, complex_to_channels
+    from scripts.recon.posterior import PriorPosteriorSampler, SenseOp, estimate_scale, slice_metrics, zero_filled
 
     z, maps, y, mask, _ = problem(noise=0.0, pattern="poisson")
     op = SenseOp(torch.from_numpy(maps), torch.from_numpy(mask)[None])
@@ -147,7 +147,7 @@ def test_oracle_prior_recovers_the_image(sampler):
 
 
 def test_l1_wavelet_and_lambda_tuning_run():
-    from scripts.prior_recon import make_case, slice_metrics, tune_l1_lambda
+    from scripts.recon.posterior import make_case, slice_metrics, tune_l1_lambda
 
     _, maps, y, mask, _ = problem(noise=0.01, n_images=1)
     z, _, _, _, _ = problem(noise=0.01, n_images=1)
@@ -156,14 +156,14 @@ def test_l1_wavelet_and_lambda_tuning_run():
     assert case["maps"].shape == (4, SIZE, SIZE)
     tuned = tune_l1_lambda([case], [1e-3, 1e-2], max_iter=20)
     assert tuned["lambda"] in (1e-3, 1e-2) and len(tuned["scores"]) == 2 and all(np.isfinite(tuned["scores"]))
-    from scripts.prior_recon import l1_wavelet_recon
+    from scripts.recon.posterior import l1_wavelet_recon
 
     x = l1_wavelet_recon(case["kspace"], mask, case["maps"], tuned["lambda"], max_iter=20)
     assert x.shape == (SIZE, SIZE) and slice_metrics(x, case["reference"])["psnr"] > 15
 
 
 def write_fake_prior(folder: Path, prior_data: str = "augmented") -> Path:
-    from scripts.prior import write_prior_card
+    from scripts.recon.prior import write_prior_card
 
     net = tiny_net()
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def write_fake_prior(folder: Path, prior_data: str = "augmented") -> Path:
 
 
 def test_reconstruct_entry_point_writes_outputs(tmp_path):
-    from scripts.workflow import ROOT, run_bundle
+    from scripts.studies.runner import ROOT, run_bundle
 
     data = make_dataset(tmp_path / "data", splits=(("test", 1),), slices=2, noise=0.01)
     prior = write_fake_prior(tmp_path / "prior")
@@ -200,7 +200,7 @@ def test_measured_fastmri_file_keeps_its_own_mask(tmp_path):
     the prior): the stored mask is used (cropped with the k-space), and the output is the prior's size."""
     import h5py
 
-    from scripts.prior_recon import make_mask, read_kspace, reconstruct_file
+    from scripts.recon.posterior import make_mask, read_kspace, reconstruct_file
 
     rng = np.random.default_rng(1)
     h, w = 4 * SIZE, 2 * SIZE  # readout 2x oversampled, then twice the prior's resolution
@@ -237,7 +237,7 @@ def test_measured_fastmri_file_keeps_its_own_mask(tmp_path):
 
 
 def test_real_slices_are_resampled_to_the_prior_size(real_dir):
-    from scripts.prior_recon import make_case, make_mask, read_kspace
+    from scripts.recon.posterior import make_case, make_mask, read_kspace
 
     k, info = read_kspace(real_dir / "brain_4coil" / "4h_GE.mat", 64)
     assert k.shape == (1, 4, 64, 64) and info["original_size"] == [256, 256]
@@ -246,7 +246,7 @@ def test_real_slices_are_resampled_to_the_prior_size(real_dir):
 
 
 def test_two_sample_auroc_separates_and_is_seeded():
-    from scripts.two_sample import classifier_two_sample_test
+    from scripts.phase.two_sample import classifier_two_sample_test
 
     rng = np.random.default_rng(0)
     real = [phantom(rng) for _ in range(16)]
@@ -258,7 +258,7 @@ def test_two_sample_auroc_separates_and_is_seeded():
 
 def test_prior_study_report_at_tiny_scale(tmp_path):
     """The whole study (phase model, synthesis, three priors, realism, recon, report) on tiny data."""
-    from scripts.prior_report import PriorStudy
+    from scripts.studies.prior_study import PriorStudy
 
     splits = (("train", 2), ("val", 1), ("test", 1))
     paired = make_dataset(tmp_path / "paired", splits=splits, noise=0.01, seed=3)
@@ -299,7 +299,7 @@ def test_real_test_set_leaves_phantoms_out(tmp_path):
     """Files named as phantoms (``*Ph*``) are not brains: neither study may test on them."""
     import scipy.io
 
-    from scripts.prior_report import PriorStudy
+    from scripts.studies.prior_study import PriorStudy
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "brain_4coil"
@@ -316,7 +316,7 @@ def test_real_test_set_leaves_phantoms_out(tmp_path):
 def test_published_ordering_is_judged_on_paired_differences(tmp_path):
     """``compare`` bootstraps per-slice differences over SUBJECTS: a consistent 1 dB lead is a win, noise is
     'no clear difference', and many slices of too few subjects give no verdict at all."""
-    from scripts.prior_report import MIN_VERDICT_SUBJECTS, PriorStudy
+    from scripts.studies.prior_study import MIN_VERDICT_SUBJECTS, PriorStudy
 
     rng = np.random.default_rng(0)
     rows = []

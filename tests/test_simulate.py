@@ -1,4 +1,4 @@
-"""The embedded simulated dataset (scripts.simulate) and the phase physics it is built on (scripts.physics)."""
+"""The embedded simulated dataset (scripts.simulate.dataset) and the phase physics it is built on (scripts.core.physics)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import scipy.ndimage as ndi
 import sigpy
 
-from scripts import physics
-from scripts.fastmri_h5 import num_slices, read_fastmri, rss
-from scripts.phase_metrics import head_mask
-from scripts.simulate import SEQUENCES, simulate_dataset, simulate_subject, split_of
+from scripts.core import physics
+from scripts.io.fastmri_h5 import num_slices, read_fastmri, rss
+from scripts.phase.metrics import head_mask
+from scripts.simulate.dataset import SEQUENCES, simulate_dataset, simulate_subject, split_of
 
 SMALL = dict(num_subjects=3, slices_per_subject=2, image_size=32, num_coils=2)
 

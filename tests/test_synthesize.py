@@ -19,11 +19,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from conftest import ROOT
-from scripts import synthesize as synth
-from scripts.coils import EspiritMapBank, birdcage
-from scripts.fft import fft2c, ifft2c
-from scripts.fastmri_h5 import write_fastmri
-from scripts.synthesize import Synthesizer, input_key, locate_inputs, merge_manifests, shard
+from scripts.synthesis import synthesize as synth
+from scripts.coils.simulation import EspiritMapBank, birdcage
+from scripts.core.fft import fft2c, ifft2c
+from scripts.io.fastmri_h5 import write_fastmri
+from scripts.synthesis.synthesize import Synthesizer, input_key, locate_inputs, merge_manifests, shard
 
 PHI = {
     "PatientName": "Quibblefrost^Ottoline",

@@ -14,9 +14,9 @@ import sigpy.mri
 import torch
 
 from conftest import ROOT
-from scripts.fastmri_h5 import write_fastmri
-from scripts.masks import MaskSampler, make_mask, to_varnet_mask
-from scripts.varnet import (
+from scripts.io.fastmri_h5 import write_fastmri
+from scripts.core.masks import MaskSampler, make_mask, to_varnet_mask
+from scripts.recon.varnet import (
     CPU_PROFILE,
     FULL_PROFILE,
     FastMRISliceDataset,
@@ -110,7 +110,7 @@ def test_dataset_streams_slices_and_scales(dataset_dir):
 
 
 def test_full_mask_reproduces_the_stored_rss(dataset_dir):
-    from scripts.fastmri_h5 import read_slice
+    from scripts.io.fastmri_h5 import read_slice
 
     data = read_slice(list_h5(dataset_dir, "val")[0], 1, keys=("kspace", "reconstruction_rss"))
     ex = prepare_example(data["kspace"], np.ones((1, SIZE), bool), data["reconstruction_rss"])
@@ -167,7 +167,7 @@ def test_resume_continues_from_the_saved_iteration(dataset_dir, trained, tmp_pat
 
 
 def test_evaluator_writes_slice_and_volume_csvs(dataset_dir, trained, tmp_path):
-    from scripts.evaluate import evaluate_varnet
+    from scripts.recon.evaluate import evaluate_varnet
 
     out = tmp_path / "eval"
     res = evaluate_varnet(trained, dataset_dir, out, accelerations=[4, 8], center_fraction=0.1, label="gt", l1_max_iter=20)
@@ -193,7 +193,7 @@ def test_evaluator_writes_slice_and_volume_csvs(dataset_dir, trained, tmp_path):
 
 def test_summary_intervals_resample_volumes():
     """The summary CI treats a volume's slices as one unit; a single volume gets no interval."""
-    from scripts.evaluate import format_summary, summarize
+    from scripts.recon.evaluate import format_summary, summarize
 
     rng = np.random.default_rng(0)
     common = {"label": "x", "method": "varnet", "acceleration": 4.0}
@@ -233,7 +233,7 @@ def test_reference_rows_on_real_4coil_slice(real_dir, tmp_path, capsys):
     """Zero-filled and L1-wavelet on the real 4-coil GE slice (image-domain coil images -> k-space), R = 4."""
     import scipy.io
 
-    from scripts.evaluate import evaluate_varnet, format_summary
+    from scripts.recon.evaluate import evaluate_varnet, format_summary
 
     coil_images = scipy.io.loadmat(real_dir / "brain_4coil" / "4h_GE.mat")["DATA"].transpose(2, 0, 1)
     kspace = sigpy.fft(coil_images, axes=(-2, -1), center=True, norm="ortho")

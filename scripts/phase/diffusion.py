@@ -11,7 +11,7 @@ Phase representation
     :func:`wrap_phase` maps to +pi.
 
 Conditioning
-    Concatenation: the normalised magnitude (:func:`scripts.intensity.normalize_magnitude`)
+    Concatenation: the normalised magnitude (:func:`scripts.core.intensity.normalize_magnitude`)
     is appended as a third input channel at every denoising step, so the network is
     ``DiffusionModelUNet(in_channels=3, out_channels=2)``. MONAI's
     ``DiffusionPrepareBatch`` hands a condition to cross-attention by default; here

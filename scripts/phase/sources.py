@@ -1,7 +1,7 @@
 """Phase sources: every way the bundle can give a magnitude image a phase, behind one interface.
 
 A phase source is called with a stack of magnitude slices ``(S, H, W)`` (any non-negative
-scale: sources that need a fixed scale normalise with :mod:`scripts.intensity`) and a seed,
+scale: sources that need a fixed scale normalise with :mod:`scripts.core.intensity`) and a seed,
 and returns phase ``(S, H, W)`` float32 in ``(-pi, pi]``. Sources that know the truth
 (``ground_truth``) also take the complex reference image. Sources are looked up by name so
 any config selects one with ``--phase_source NAME``::
@@ -126,8 +126,8 @@ def _fov_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unit_magnitude(magnitude: np.ndarray) -> np.ndarray:
-    """Magnitude scaled by its 99.5th percentile (:mod:`scripts.intensity`) and clipped to [0, 1]."""
-    from scripts.intensity import PERCENTILE
+    """Magnitude scaled by its 99.5th percentile (:mod:`scripts.core.intensity`) and clipped to [0, 1]."""
+    from scripts.core.intensity import PERCENTILE
 
     mag = np.abs(np.asarray(magnitude, dtype=np.float64))
     ref = np.percentile(mag, PERCENTILE)
@@ -235,31 +235,31 @@ class SinusoidalPhase:
 class PhysicsPhase:
     """Physics baseline: tissue/air segmentation -> susceptibility -> dipole B0 phase + RF phase.
 
-    Per slice, with every physical step taken from :mod:`scripts.physics` (no second copy):
+    Per slice, with every physical step taken from :mod:`scripts.core.physics` (no second copy):
 
-    1. :func:`~scripts.physics.segment_head` splits the magnitude into head / air outside,
+    1. :func:`~scripts.core.physics.segment_head` splits the magnitude into head / air outside,
        and bright tissue / dark pixels inside (threshold ``threshold`` of the 99th
        percentile). Dark pixels inside the head are ambiguous in a magnitude image (sinus
        air, bone, flow voids, but also CSF in FLAIR): those within ``dark_depth`` (default
        0.3) of the head's inscribed radius from its edge (skull, sinuses, mastoids, ear
        canals) are a mixture of air, fraction ``f_air`` uniform in ``dark_air_fraction``
        (default 0 to 1), and cortical bone; deeper dark pixels (ventricles) are water.
-    2. :func:`~scripts.physics.susceptibility_map` with :data:`~scripts.physics.CHI_PPM`
+    2. :func:`~scripts.core.physics.susceptibility_map` with :data:`~scripts.core.physics.CHI_PPM`
        (ppm relative to water: air +9.4, bone -2.0, tissue 0).
-    3. The slice becomes a 3-D head (:func:`~scripts.physics.slab_from_mask`: the head mask
+    3. The slice becomes a 3-D head (:func:`~scripts.core.physics.slab_from_mask`: the head mask
        rounded off above and below like a sphere; air around it), so that the field has
        the structure of a finite head. The field
-       (:func:`~scripts.physics.field_from_susceptibility`, dipole kernel, 2x zero padding,
+       (:func:`~scripts.core.physics.field_from_susceptibility`, dipole kernel, 2x zero padding,
        air outside) is computed on a grid of at most ``field_size`` pixels per side
        (default 64; the field is smooth away from boundaries) and interpolated back.
        B0 is tilted from the slice normal by U(0, ``max_tilt_deg``) degrees (default 15,
        the simulator's head pitch/roll) in a random direction.
-    4. Scanner shim: :func:`~scripts.physics.shim` removes a polynomial fit of order
+    4. Scanner shim: :func:`~scripts.core.physics.shim` removes a polynomial fit of order
        ``shim_order`` (default 2) inside the head; then a residual offset N(0, 0.03) ppm and
        linear gradient up to 0.05 ppm across half the FOV are added (as the simulator).
-    5. :func:`~scripts.physics.b0_phase` at B0 = 3 T (probability 0.6) or 1.5 T and echo time
+    5. :func:`~scripts.core.physics.b0_phase` at B0 = 3 T (probability 0.6) or 1.5 T and echo time
        U(``te_ms``) (default 2 to 15 ms: T1 gradient echoes to T2*-weighted GRE), plus
-       :func:`~scripts.physics.rf_phase` (smooth, quadratic; its documented ranges) when ``rf``.
+       :func:`~scripts.core.physics.rf_phase` (smooth, quadratic; its documented ranges) when ``rf``.
 
     Outside the head the (smooth) field and RF phase continue; the magnitude there is
     near zero, so what it multiplies is the noise floor.
@@ -287,7 +287,7 @@ class PhysicsPhase:
         """Un-shimmed relative field (ppm) of one 2-D magnitude slice, and its head mask."""
         from scipy import ndimage as ndi
 
-        from scripts import physics
+        from scripts.core import physics
 
         seg = physics.segment_head(magnitude, threshold=self.threshold)
         h, w = magnitude.shape
@@ -320,7 +320,7 @@ class PhysicsPhase:
         return resize(field.astype(np.float64), (h, w), order=3), seg["head"]
 
     def one(self, magnitude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from scripts import physics
+        from scripts.core import physics
 
         te_s = rng.uniform(*self.te_ms) * 1e-3
         b0 = self.b0_t[-1] if rng.random() < self.p_3t else self.b0_t[0]
@@ -348,14 +348,14 @@ class PhysicsPhase:
 # ----------------------------------------------------------------------------------------
 # Learned sources: the conditional diffusion model and the pix2pix GAN baseline.
 # Weights are loaded once (torch.load(..., weights_only=True)); the GPU is used when there
-# is one. Magnitudes are normalised per slice (scripts.intensity), as in training.
+# is one. Magnitudes are normalised per slice (scripts.core.intensity), as in training.
 # ----------------------------------------------------------------------------------------
 
 
 def _bundle_root():
     from pathlib import Path
 
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def _checkpoint(path, default: str) -> str:
@@ -381,7 +381,7 @@ class _NetworkSource:
     def _normalised(magnitude: np.ndarray):
         import torch
 
-        from scripts.intensity import normalize_magnitude
+        from scripts.core.intensity import normalize_magnitude
 
         out = np.zeros(magnitude.shape, np.float32)
         for i, m in enumerate(np.abs(magnitude).astype(np.float32)):
@@ -410,7 +410,7 @@ class _NetworkSource:
 
 @register_phase_source("diffusion")
 class DiffusionPhase(_NetworkSource):
-    """Phase sampled from the conditional diffusion model (:mod:`scripts.diffusion`).
+    """Phase sampled from the conditional diffusion model (:mod:`scripts.phase.diffusion`).
 
     Args:
         checkpoint: ``models/model.pt`` (plain state dict; the default, under the bundle
@@ -426,7 +426,7 @@ class DiffusionPhase(_NetworkSource):
             ``{"unet_channels": [16, 32, 32]}`` a model was trained with (JSON, so it can be
             recorded in a synthesis manifest).
 
-    Each batch of slices is sampled through one :class:`scripts.diffusion.PhaseSamplingInferer`
+    Each batch of slices is sampled through one :class:`scripts.phase.diffusion.PhaseSamplingInferer`
     call with a seed derived from ``(seed, first slice index)``.
     """
 
@@ -434,7 +434,7 @@ class DiffusionPhase(_NetworkSource):
                  batch_size: int = 8, device=None, config_file: str | None = None,
                  network_overrides: dict | None = None) -> None:
         super().__init__(device, batch_size)
-        from scripts.diffusion import PhaseSamplingInferer, load_weights
+        from scripts.phase.diffusion import PhaseSamplingInferer, load_weights
 
         parser = None
         if network is None or scheduler is None or isinstance(scheduler, str):
@@ -462,7 +462,7 @@ class DiffusionPhase(_NetworkSource):
 
 @register_phase_source("gan")
 class GanPhase(_NetworkSource):
-    """Phase from the pix2pix generator (:mod:`scripts.gan`): ``atan2`` of its phasor output.
+    """Phase from the pix2pix generator (:mod:`scripts.phase.gan`): ``atan2`` of its phasor output.
 
     Args:
         checkpoint: the generator state dict (``models/gan/generator.pt``, the best
@@ -479,7 +479,7 @@ class GanPhase(_NetworkSource):
         super().__init__(device, batch_size)
         import torch
 
-        from scripts.gan import load_generator
+        from scripts.phase.gan import load_generator
 
         self.network = load_generator(_checkpoint(checkpoint, "models/gan/generator.pt")).to(self.device).eval()
         self.dropout = dropout

@@ -19,7 +19,7 @@ Conventions
   variance. Because maps are normalised, the SENSE-combined image has noise std ``noise_std``
   (white noise), so ``noise_std = 1 / SNR`` of the combined image relative to the image level.
   :class:`SimulateCoilsd` with ``relative_noise=True`` (default) multiplies ``Sigma`` by
-  ``ref**2``, ``ref`` the 99.5th percentile of ``|x|`` (:func:`scripts.intensity.magnitude_reference`),
+  ``ref**2``, ``ref`` the 99.5th percentile of ``|x|`` (:func:`scripts.core.intensity.magnitude_reference`),
   so ``noise_std=0.02`` means combined SNR 50 relative to bright tissue whatever the scale.
   Correlated noise is ``n = L z``, ``L`` the Cholesky factor of ``Sigma`` (an eigen-square-root
   when ``Sigma`` is only semi-definite) and ``z ~ CN(0, I)``. White noise has the same
@@ -65,9 +65,9 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from scripts.fastmri_h5 import anonymous_id, num_slices, read_slice
-from scripts.fft import _as_tensor, _fft2c, fft2c, ifft2c, to_real_imag_last
-from scripts.intensity import magnitude_reference
+from scripts.io.fastmri_h5 import anonymous_id, num_slices, read_slice
+from scripts.core.fft import _as_tensor, _fft2c, fft2c, ifft2c, to_real_imag_last
+from scripts.core.intensity import magnitude_reference
 
 __all__ = [
     "BANK_VERSION",

@@ -1,19 +1,19 @@
 """Inference I/O for the phase model: magnitude slices in, complex NIfTI / PNG / report out.
 
 - :class:`MagnitudeSlices`: a re-iterable over every slice of every readable input under a
-  folder (DICOM, NIfTI, PNG, TIFF, fastMRI h5 through :mod:`scripts.magnitude_io`), one
+  folder (DICOM, NIfTI, PNG, TIFF, fastMRI h5 through :mod:`scripts.io.magnitude`), one
   volume in memory at a time, for ``monai.data.IterableDataset``. Inputs that cannot be
   read are collected in ``.bad`` (and end up in the report), never fatal.
 - :class:`MagnitudeInputd`: the first preprocessing step; it lets slices through and loads a
-  path (what MONAI Label passes) with :mod:`scripts.magnitude_io`.
-- :class:`NormalizeMagnitudeSliced`: :mod:`scripts.intensity`'s per-slice normalisation,
+  path (what MONAI Label passes) with :mod:`scripts.io.magnitude`.
+- :class:`NormalizeMagnitudeSliced`: :mod:`scripts.core.intensity`'s per-slice normalisation,
   except that a slice that is entirely zero (an empty end slice of a volume) keeps scale 1
   instead of failing the whole volume: its output is exactly zero whatever the phase.
 - :class:`PhaseSampleWriter`: an Ignite handler for the inference ``SupervisedEvaluator``.
   It gathers the slices of each volume and writes, under ``output_dir``:
 
   * ``<id>_sample<k>.nii.gz``: sample k as a complex64 NIfTI, same voxel order and affine
-    as the input (``scripts.magnitude_io.slices_to_volume``), magnitude exactly the input's;
+    as the input (``scripts.io.magnitude.slices_to_volume``), magnitude exactly the input's;
   * ``<id>_phase_spread.nii.gz``: float32 circular variance ``1 - |mean_k exp(i phi_k)|``
     across the samples (0 = samples agree, 1 = phase unknown), the uncertainty map;
   * PNG previews of the middle slice: ``<id>_magnitude.png`` (grey),
@@ -38,8 +38,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import min_version, optional_import
 
-from scripts.intensity import NormalizeMagnituded, normalize_magnitude
-from scripts.magnitude_io import MagnitudeVolume, iter_magnitude_volumes, load_magnitude, slices_to_volume
+from scripts.core.intensity import NormalizeMagnituded, normalize_magnitude
+from scripts.io.magnitude import MagnitudeVolume, iter_magnitude_volumes, load_magnitude, slices_to_volume
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -65,7 +65,7 @@ class MagnitudeSlices:
     def __iter__(self) -> Iterator[dict]:
         self.bad.clear()
         if not os.path.exists(self.root):
-            from scripts.magnitude_io import BadInput
+            from scripts.io.magnitude import BadInput
 
             self.bad.append(BadInput(source=self.root, reason="input folder does not exist"))
             return
@@ -84,7 +84,7 @@ class MagnitudeSlices:
 class MagnitudeInputd(MapTransform):
     """First preprocessing step: slices pass through; a path (as MONAI Label hands one) is loaded.
 
-    A path is read with :func:`scripts.magnitude_io.load_magnitude` into ``(slices, H, W)``
+    A path is read with :func:`scripts.io.magnitude.load_magnitude` into ``(slices, H, W)``
     (a 2-D image gives ``(1, H, W)``, one channel). ``magnitude_key`` gets an unnormalised
     copy when absent, so the output keeps exactly the input magnitude.
     """
@@ -165,7 +165,7 @@ class PhaseSampleWriter:
 
     Reads from each decollated item: ``volume_id``, ``slice_index``, ``num_slices`` (batch),
     ``complex_key`` ``(N, H, W)`` complex64 and ``spread_key`` ``(1, H, W)`` (output, from
-    ``scripts.diffusion.PhaseToComplexd``), and ``magnitude`` ``(1, H, W)``.
+    ``scripts.phase.diffusion.PhaseToComplexd``), and ``magnitude`` ``(1, H, W)``.
 
     Args:
         output_dir: where everything is written.

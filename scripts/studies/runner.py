@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["ROOT", "run_bundle"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bundle(config_file: str | os.PathLike | Sequence[str | os.PathLike], run_id: str = "training",

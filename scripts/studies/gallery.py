@@ -1,8 +1,8 @@
 """A one-figure gallery of every phase source on the same magnitude slice.
 
 :func:`make_gallery` reads one slice (any fastMRI-format h5 with ``image_complex``, or
-k-space that :func:`scripts.phase_data.complex_slice` can combine), keeps its magnitude,
-and asks every phase source (:mod:`scripts.phase_sources`) for a phase, beside the true
+k-space that :func:`scripts.phase.data.complex_slice` can combine), keeps its magnitude,
+and asks every phase source (:mod:`scripts.phase.sources`) for a phase, beside the true
 phase. Sources that need weights (``diffusion``, ``gan``) are drawn when their checkpoint
 path is given and exists, and listed as skipped (with the reason) otherwise. One PNG:
 
@@ -37,8 +37,8 @@ WEIGHTED_SOURCES = ("gan", "diffusion")
 
 def default_slice(dataset_dir: str | os.PathLike, split: str = "test") -> tuple[str, int]:
     """The first file of ``split`` under ``dataset_dir`` and its middle slice."""
-    from scripts.fastmri_h5 import num_slices
-    from scripts.phase_data import _h5_files, find_split
+    from scripts.io.fastmri_h5 import num_slices
+    from scripts.phase.data import _h5_files, find_split
 
     path = _h5_files(find_split(dataset_dir, split))[0]
     return path, num_slices(path) // 2
@@ -79,10 +79,10 @@ def make_gallery(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scripts.intensity import normalize_magnitude
-    from scripts.phase_data import complex_slice
-    from scripts.phase_metrics import head_mask, phase_coherence, wrapped_phase_gradients
-    from scripts.phase_sources import get_phase_source
+    from scripts.core.intensity import normalize_magnitude
+    from scripts.phase.data import complex_slice
+    from scripts.phase.metrics import head_mask, phase_coherence, wrapped_phase_gradients
+    from scripts.phase.sources import get_phase_source
 
     if file is None:
         if dataset_dir is None:

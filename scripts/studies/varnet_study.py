@@ -4,20 +4,20 @@ Stages (each resumable: a finished stage leaves ``<study_dir>/stages/<name>.json
 its parameters, and a re-run skips it; a killed stage is redone, its outputs being written
 atomically or overwritten):
 
-1. ``simulate``: the paired complex dataset (``scripts.simulate``), unless ``simulate`` is
+1. ``simulate``: the paired complex dataset (``scripts.simulate.dataset``), unless ``simulate`` is
    ``None`` (a user's fastMRI folder); ``pair/<split>``: every split made square at
    ``image_size`` and paired with its complex image (:func:`prepare_paired_split`);
 2. ``train_diffusion`` / ``train_gan``: the learned phase models on the paired ``train`` split,
    through ``configs/train.json`` / ``configs/train_gan.json`` (``ConfigWorkflow``);
 3. per phase source: ``synthesize``: the magnitude of the ``train`` and ``val`` splits (the
    "magnitude-only archive") gets phase from the source, simulated coils and noise, and is
-   written as fastMRI k-space (``scripts.synthesize``); ``varnet``: a VarNet trained on it
-   (``scripts.varnet.train_varnet``, mixed accelerations); ``evaluate``: that VarNet on the
-   held-out ground-truth ``test`` split (``scripts.evaluate.evaluate_varnet``, fixed masks per
+   written as fastMRI k-space (``scripts.synthesis.synthesize``); ``varnet``: a VarNet trained on it
+   (``scripts.recon.varnet.train_varnet``, mixed accelerations); ``evaluate``: that VarNet on the
+   held-out ground-truth ``test`` split (``scripts.recon.evaluate.evaluate_varnet``, fixed masks per
    R), and on the real slices when given; ``realism``: phase-realism metrics of the source on
-   the test magnitudes (``scripts.phase_realism``);
+   the test magnitudes (``scripts.phase.realism``);
 4. ``reference``: zero-filled and L1-wavelet rows on the same test sets;
-5. ``report``: ``scripts.study_report`` writes markdown, CSVs and figures.
+5. ``report``: ``scripts.studies.varnet_report`` writes markdown, CSVs and figures.
 
 Everything is seeded; the report records every size, seed and data source.
 """
@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.fastmri_h5 import write_fastmri
+from scripts.io.fastmri_h5 import write_fastmri
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def prepare_real_test_set(real_dir: str | os.PathLike, output_dir: str | os.Path
     import numpy as np
     from scipy.io import loadmat
 
-    from scripts.fft import fft2c
+    from scripts.core.fft import fft2c
 
     out = []
     for mat in sorted(Path(real_dir).glob("*.mat")):
@@ -92,14 +92,14 @@ def prepare_paired_split(files: Sequence[str], output_dir: str | os.PathLike, im
     Files that already are (the simulator's) are linked by path; others (e.g. fastMRI brain
     multi-coil, 640 x 320 with readout oversampling) get the centre ``image_size`` square of
     every coil image (fastMRI's 320 x 320 crop), back to k-space, and ``image_complex`` from an
-    ESPIRiT sensitivity-weighted combination (:func:`scripts.phase_data.espirit_combine`).
+    ESPIRiT sensitivity-weighted combination (:func:`scripts.phase.data.espirit_combine`).
     Written atomically per file; a finished file is kept on a re-run. Returns ``output_dir``.
     """
     import numpy as np
 
-    from scripts.fastmri_h5 import num_slices, read_slice
-    from scripts.fft import fft2c, ifft2c
-    from scripts.phase_data import center_crop_or_pad, espirit_combine
+    from scripts.io.fastmri_h5 import num_slices, read_slice
+    from scripts.core.fft import fft2c, ifft2c
+    from scripts.phase.data import center_crop_or_pad, espirit_combine
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,12 +191,12 @@ class Study:
 
     # ------------------------------------------------------------------ stages
     def _workflow(self, config: str, **override: Any) -> None:
-        from scripts.workflow import run_bundle
+        from scripts.studies.runner import run_bundle
 
         run_bundle(self.config_dir / config, run_id="run", **override)
 
     def _simulate(self) -> dict:
-        from scripts.simulate import simulate_dataset
+        from scripts.simulate.dataset import simulate_dataset
 
         return simulate_dataset(self.source_dir, image_size=self.image_size, num_coils=self.num_coils,
                                 seed=self.seed, **self.simulate_kwargs)
@@ -221,7 +221,7 @@ class Study:
         return kwargs
 
     def _synthesize(self, source: str, kwargs: Mapping[str, Any]) -> dict:
-        from scripts.synthesize import Synthesizer
+        from scripts.synthesis.synthesize import Synthesizer
 
         settings = {k: v for k, v in self.synthesis.items() if k != "phase_source_kwargs"}
         out = {}
@@ -233,7 +233,7 @@ class Study:
         return out
 
     def _train_varnet(self, source: str) -> str:
-        from scripts.varnet import train_varnet
+        from scripts.recon.varnet import train_varnet
 
         return str(train_varnet(self.study_dir / "kspace" / source, self.study_dir / "varnet" / source,
                                 accelerations=self.accelerations, mask_type=self.mask_type,
@@ -248,7 +248,7 @@ class Study:
         return sets
 
     def _evaluate(self, checkpoint: str | None, test_set: str, files, label: str, methods) -> str:
-        from scripts.evaluate import evaluate_varnet
+        from scripts.recon.evaluate import evaluate_varnet
 
         out = self.study_dir / "eval" / test_set / label
         evaluate_varnet(checkpoint, files, out, accelerations=self.accelerations, mask_type=self.mask_type,
@@ -257,7 +257,7 @@ class Study:
         return str(out)
 
     def _realism(self, source: str, kwargs: Mapping[str, Any]) -> dict:
-        from scripts.phase_realism import phase_realism
+        from scripts.phase.realism import phase_realism
 
         return phase_realism(source, kwargs, self.dataset_dir / "test", seed=self.seed, **self.realism)
 
@@ -271,7 +271,7 @@ class Study:
             torch.set_num_threads(int(self.num_threads))
         base = {"dataset_dir": str(self.source_dir), "seed": self.seed, "image_size": self.image_size,
                 "num_coils": self.num_coils}
-        from scripts.phase_data import find_split
+        from scripts.phase.data import find_split
 
         if self.simulate_kwargs:
             self.stage("simulate", {**base, **self.simulate_kwargs}, self._simulate)
@@ -302,7 +302,7 @@ class Study:
             evaluations[name]["reference"] = self.stage(
                 f"evaluate/{name}/reference", p,
                 lambda: self._evaluate(None, name, files, "reference", ["zero_filled", "l1_wavelet"]))
-        from scripts.study_report import write_report
+        from scripts.studies.varnet_report import write_report
 
         report = write_report(self, evaluations, realism, checkpoints, seconds=time.perf_counter() - t0)
         print(f"study report: {report}")

@@ -3,7 +3,7 @@
 Every reader returns a :class:`MagnitudeVolume`: ``magnitude`` is ``(slices, H, W)`` float32
 in the **original scanner units** (DICOM RescaleSlope/Intercept and NIfTI ``scl_slope`` applied,
 nothing else). Normalisation is the caller's job and is always done with
-:mod:`scripts.intensity`: each slice is divided by its own 99.5th percentile
+:mod:`scripts.core.intensity`: each slice is divided by its own 99.5th percentile
 (``normalize_magnitude(vol.magnitude[i]) -> (slice / ref, ref)``), a pure scale, so
 ``slice == normalised * ref`` exactly and outputs can be written back in scanner units.
 
@@ -30,8 +30,8 @@ result with ``nib.Nifti1Image(slices_to_volume(vol, out), vol.affine)``.
   16-bit kept. Colour policy: an RGB(A)/palette image is accepted only when R == G == B
   (a grey image saved as RGB) and any alpha channel is fully opaque; otherwise it is an
   error, never a silent conversion. Multi-page TIFF is a ``(H, W, pages)`` volume.
-- fastMRI h5 (:mod:`scripts.fastmri_h5`): ``|image_complex|`` when the file is a paired
-  complex file (the simulator's, or :mod:`scripts.synthesize` output; the complex image is
+- fastMRI h5 (:mod:`scripts.io.fastmri_h5`): ``|image_complex|`` when the file is a paired
+  complex file (the simulator's, or :mod:`scripts.synthesis.synthesize` output; the complex image is
   then kept as ``MagnitudeVolume.reference`` for the ``ground_truth`` phase source), else
   ``reconstruction_rss`` (multi-coil) or
   ``reconstruction_esc`` (single-coil) if present, else the RSS of ``kspace``; slices are
@@ -41,13 +41,13 @@ result with ``nib.Nifti1Image(slices_to_volume(vol, out), vol.affine)``.
 2-D inputs are ``(H, W, 1)`` volumes (``slice_axis`` is reported as 2 whatever was asked).
 Bad input raises :class:`MagnitudeInputError` with the one-line message ``"<path>: <reason>"``.
 Rejected: unreadable/truncated/non-image files, non-MR DICOM, colour images, NaN/Inf, an
-all-zero volume (single all-zero slices inside a volume are kept; ``scripts.intensity``
+all-zero volume (single all-zero slices inside a volume are kept; ``scripts.core.intensity``
 refuses them per slice), slices smaller than 8x8, more than 4 dimensions, and clearly
 signed data (minimum below -1% of the maximum; smaller negative values, e.g. interpolation
 ringing, are clipped to 0).
 
 Privacy: no identifying DICOM header value (names, IDs, dates, institutions, UIDs) is kept,
-logged or put into an error message (messages quote at most the Modality code). ``id`` is :func:`scripts.fastmri_h5.anonymous_id` of the kind, the
+logged or put into an error message (messages quote at most the Modality code). ``id`` is :func:`scripts.io.fastmri_h5.anonymous_id` of the kind, the
 path relative to ``root`` and the SeriesInstanceUID; pydicom datasets are dropped as soon as
 their pixels and geometry are read; pydicom warnings (which can quote header values) are
 silenced while reading. ``source`` is the input path, for error and skip reports only.
@@ -70,8 +70,8 @@ from monai.data import NibabelReader, PILReader
 from monai.transforms import MapTransform
 from pydicom.pixels import apply_modality_lut
 
-from scripts import fastmri_h5
-from scripts.fastmri_h5 import FastMRIFileError, anonymous_id
+from scripts.io import fastmri_h5
+from scripts.io.fastmri_h5 import FastMRIFileError, anonymous_id
 
 __all__ = [
     "BadInput",

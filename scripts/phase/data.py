@@ -1,6 +1,6 @@
 """Training slices for the phase model, streamed from fastMRI-format h5 folders.
 
-Layout: ``dataset_dir/{train,val,test}/*.h5`` (what :func:`scripts.simulate.simulate_dataset`
+Layout: ``dataset_dir/{train,val,test}/*.h5`` (what :func:`scripts.simulate.dataset.simulate_dataset`
 writes); fastMRI's own folder names (``multicoil_train``, ``singlecoil_val``, ...) are
 found too. :func:`slice_datalist` lists ``{"file": path, "slice": i}`` items (shapes only
 are read); :class:`LoadPhaseSliced` reads ONE slice per item with h5py, so memory does not
@@ -31,7 +31,7 @@ Where the complex image comes from (``complex_source="auto"``, first that applie
 
 Each item becomes ``image``: the unit phasor ``(cos phi, sin phi)`` ``(2, H, W)`` float32 and
 ``magnitude``: ``|x|`` ``(1, H, W)`` float32 in file units (normalise it with
-``scripts.intensity.NormalizeMagnituded``), both centre-cropped/zero-padded in image space
+``scripts.core.intensity.NormalizeMagnituded``), both centre-cropped/zero-padded in image space
 to ``spatial_size`` (e.g. fastMRI's 640x320 brain slices -> 320x320).
 """
 
@@ -50,8 +50,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from scripts.diffusion import complex_to_phasor
-from scripts.fastmri_h5 import FastMRIFileError, anonymous_id, num_slices, read_slice
+from scripts.phase.diffusion import complex_to_phasor
+from scripts.io.fastmri_h5 import FastMRIFileError, anonymous_id, num_slices, read_slice
 
 __all__ = [
     "COMPLEX_SOURCES",
@@ -117,7 +117,7 @@ def prepare_dataset(
 ) -> str:
     """Return ``dataset_dir``, first simulating a dataset there if it holds no training data.
 
-    Simulation (``scripts.simulate.simulate_dataset``) happens only when ``simulate`` is true;
+    Simulation (``scripts.simulate.dataset.simulate_dataset``) happens only when ``simulate`` is true;
     otherwise a missing dataset is an error. Under ``torch.distributed`` rank 0 simulates
     and the other ranks wait at a barrier.
     """
@@ -127,7 +127,7 @@ def prepare_dataset(
     if rank == 0 and not _has_data(dataset_dir):
         if not simulate:
             raise FileNotFoundError(f"{dataset_dir}: no fastMRI-format training data (expected <dir>/train/*.h5)")
-        from scripts.simulate import simulate_dataset
+        from scripts.simulate.dataset import simulate_dataset
 
         logger.warning("no training data in %s: simulating %d subjects x %d slices (%dx%d, %d coils)",
                        dataset_dir, num_subjects, slices_per_subject, image_size, image_size, num_coils)

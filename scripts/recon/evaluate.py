@@ -1,16 +1,16 @@
 """Evaluate reconstructions on ONE fixed test set: VarNet, zero-filled and L1-wavelet, per R.
 
 Every method sees the same masks: the mask of a slice is a pure function of
-``(seed, mask type, file name, slice index, R)`` (:meth:`scripts.masks.MaskSampler.fixed`),
+``(seed, mask type, file name, slice index, R)`` (:meth:`scripts.core.masks.MaskSampler.fixed`),
 so models trained on different data are compared on identical measurements. Metrics use
-the fastMRI definitions (:mod:`scripts.metrics`): per slice NMSE / PSNR / SSIM with the
+the fastMRI definitions (:mod:`scripts.core.metrics`): per slice NMSE / PSNR / SSIM with the
 volume max as data range, per volume NMSE and PSNR over the volume and SSIM averaged over
 its slices, all on the RSS magnitude centre-cropped to ``crop_size`` (or to the stored
 ``reconstruction_rss`` shape).
 
 Methods:
 
-- ``varnet``: the trained network (:func:`scripts.varnet.load_varnet`);
+- ``varnet``: the trained network (:func:`scripts.recon.varnet.load_varnet`);
 - ``zero_filled``: RSS of the inverse FFT of the masked k-space;
 - ``l1_wavelet`` (NaN rows, with a warning, where the ACS is too small for ESPIRiT, e.g.
   one column at 32 px and centre fraction 0.04): :class:`sigpy.mri.app.L1WaveletRecon` (Daubechies-4 wavelets, ``lamda`` from
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.fastmri_h5 import num_slices, read_slice
-from scripts.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, MaskSampler, acs_bounds, effective_acceleration
-from scripts.metrics import METRICS, bootstrap_ci, center_crop, slice_metrics, volume_metrics
-from scripts.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct
+from scripts.io.fastmri_h5 import num_slices, read_slice
+from scripts.core.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, MaskSampler, acs_bounds, effective_acceleration
+from scripts.core.metrics import METRICS, bootstrap_ci, center_crop, slice_metrics, volume_metrics
+from scripts.recon.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -68,7 +68,7 @@ class ACSEspiritCalib:
     finds no eigenvalue above its crop threshold (all-zero maps, NaN reconstructions; seen on
     the real 4-coil slices). :func:`make` builds the app exactly as sigpy does (same SVD,
     kernels, power iteration and eigenvalue crop in ``EspiritCalib._output``) but from the
-    ``(rows, columns)`` box of :func:`scripts.masks.acs_bounds`, with a kernel of at most half
+    ``(rows, columns)`` box of :func:`scripts.core.masks.acs_bounds`, with a kernel of at most half
     the box side in each direction.
     """
 
@@ -120,7 +120,7 @@ def espirit_maps(
 ) -> np.ndarray:
     """ESPIRiT maps ``(C, H, W)`` from the fully sampled centre of ``masked_kspace`` (sigpy ``EspiritCalib``).
 
-    The calibration region is the ACS box of :func:`scripts.masks.acs_bounds` (all rows x the
+    The calibration region is the ACS box of :func:`scripts.core.masks.acs_bounds` (all rows x the
     centre columns for a column mask, the centre box for a 2-D mask); see :class:`ACSEspiritCalib`.
     The kernel is ``kernel_width`` clipped to half the box side: on the real 4-coil MPRAGE
     slice at R = 4 (10 ACS columns) a 6-wide kernel gave maps that made L1-wavelet diverge
@@ -247,7 +247,7 @@ def evaluate_varnet(
     """Evaluate a VarNet checkpoint (and the reference methods) on a fixed test set.
 
     Args:
-        checkpoint: VarNet weights (``model.pt`` of :func:`scripts.varnet.train_varnet`), or
+        checkpoint: VarNet weights (``model.pt`` of :func:`scripts.recon.varnet.train_varnet`), or
             ``None`` (then only the reference methods run unless ``network`` is given).
         test_dir: folder of fastMRI h5 files (its ``test/`` sub-folder when there is one), or a list of files.
         output_dir: where the CSVs go (``None``: nothing written).

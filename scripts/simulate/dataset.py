@@ -30,16 +30,16 @@ they are made in), drawn once:
 - field of view U(215, 250) mm x the larger in-plane size factor, slices evenly spaced
   from z U(-22, -5) to U(45, 65) mm (x the axial size factor);
 - the B0 field: computed ONCE per subject in 3-D on the 2 mm grid by the dipole kernel
-  (:func:`scripts.physics.field_from_susceptibility`) from the susceptibility map blurred
+  (:func:`scripts.core.physics.field_from_susceptibility`) from the susceptibility map blurred
   by 3 mm, second-order shimmed over the brain; the fine remainder (thin skin, fat and
   bone layers, cavity walls) added per pixel by the slab approximation
-  (:func:`scripts.physics.local_field`); plus an imperfect-shim residual (constant
+  (:func:`scripts.core.physics.local_field`); plus an imperfect-shim residual (constant
   N(0, 0.03) ppm, linear up to 0.05 ppm per 100 mm); sampled on each slice with the same deformation as the anatomy, so magnitude and phase
   maps stay consistent; phase = 2 pi gamma_bar B0 field TE_phase, where TE_phase = TE for
   gradient echoes and U(0, 2) ms (the refocusing residual) for spin echoes; fat is the
-  six-peak spectrum of :func:`scripts.physics.fat_signal_factor` at TE_phase; gradient
+  six-peak spectrum of :func:`scripts.core.physics.fat_signal_factor` at TE_phase; gradient
   echoes use a fat-water in-phase TE (+-0.1 ms) with probability 0.7 when one is in range;
-- transmit/receive phase: :func:`scripts.physics.rf_phase` over the (slices, H, W) box
+- transmit/receive phase: :func:`scripts.core.physics.rf_phase` over the (slices, H, W) box
   (its documented ranges: curvature U(0.3, 2.5) rad, linear U(0, 1.5) rad centre-to-edge);
 - coils: ``sigpy.mri.birdcage_maps`` with radius U(1.05, 1.45) x half-FOV, rotated by
   U(0, 2 pi), centre shifted U(-0.08, 0.08) FOV, each coil with an extra smooth phase
@@ -55,7 +55,7 @@ partial-Fourier acquisition, phase-encode wrap-around (the field of view holds t
 brain lesions.
 
 Each file (``{split}/subject_{index:05d}.h5``, written by
-:func:`scripts.fastmri_h5.write_fastmri`) holds ``kspace`` (slices, coils, H, W)
+:func:`scripts.io.fastmri_h5.write_fastmri`) holds ``kspace`` (slices, coils, H, W)
 complex64 = FFT(S_c * x + noise_c) (centred, orthonormal), ``coil_maps`` (slices, coils,
 H, W) complex64 and ``image_complex`` (slices, H, W) complex64 = sum_c conj(S_c) *
 IFFT(kspace_c): the coil combination of the NOISY coil images, i.e. the noiseless object
@@ -83,9 +83,9 @@ import h5py
 import numpy as np
 import scipy.ndimage as ndi
 
-from scripts.fastmri_h5 import write_fastmri
-from scripts.fft import fft2c, ifft2c
-from scripts.physics import (
+from scripts.io.fastmri_h5 import write_fastmri
+from scripts.core.fft import fft2c, ifft2c
+from scripts.core.physics import (
     CHI_PPM,
     GAMMA_BAR_HZ_PER_T,
     b0_phase,
@@ -117,7 +117,7 @@ logger = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 PROVENANCE = (
     "simulated from nilearn MNI152 templates (MNI152NLin2009cAsym brain mask and GM/WM "
-    "probability maps bundled with nilearn) by scripts.simulate"
+    "probability maps bundled with nilearn) by scripts.simulate.dataset"
 )
 SPLITS = ("train", "val", "test")
 
@@ -567,7 +567,7 @@ def _subject_field(subject: dict) -> SubjectField:
     """B0 field of the subject: 3-D dipole field of the blurred chi map on the 2 mm grid, shimmed.
 
     The fine remainder chi - chi_smooth (thin skin, fat and bone layers, cavity walls) is
-    added per pixel by :func:`scripts.physics.local_field` at the image resolution: a
+    added per pixel by :func:`scripts.core.physics.local_field` at the image resolution: a
     2 mm grid cannot hold 2-4 mm layers, and their coarse dipole field would be rough.
     """
     geo = head_geometry()
@@ -888,7 +888,7 @@ def simulate_dataset(
     total_bytes = sum((out / f).stat().st_size for s in SPLITS for f in files[s])
     summary = {
         "provenance": PROVENANCE,
-        "generator": "scripts.simulate.simulate_dataset",
+        "generator": "scripts.simulate.dataset.simulate_dataset",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "num_subjects": num_subjects,

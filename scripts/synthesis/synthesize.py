@@ -5,21 +5,21 @@ Entry point (``configs/synthesize.json``)::
     python -m monai.bundle run synthesize --config_file configs/synthesize.json \\
         --input_dir DIR --output_dir OUT --phase_source NAME
 
-For every input unit under ``input_dir`` (:func:`scripts.magnitude_io.find_inputs`: a NIfTI/PNG/
+For every input unit under ``input_dir`` (:func:`scripts.io.magnitude.find_inputs`: a NIfTI/PNG/
 TIFF/fastMRI file or one DICOM series), one file per phase sample
-``OUT/<key>_s<k>.h5`` is written through :func:`scripts.fastmri_h5.write_fastmri`:
+``OUT/<key>_s<k>.h5`` is written through :func:`scripts.io.fastmri_h5.write_fastmri`:
 ``kspace`` (slices, coils, H, W) complex64, ``reconstruction_rss``, ``image_complex``
 (slices, H, W) = magnitude * exp(i phase) (the coil-combined complex image, normalised units)
 and an attribute ``synthesis`` (JSON: the manifest record below). Then ``OUT/manifest.jsonl``
 (one record per output, sorted) and ``OUT/skipped.json`` (bad inputs and why).
 
 Pipeline per unit: the magnitude volume is divided by its volume-wide 99.5th percentile
-(:func:`scripts.intensity.magnitude_reference`; the factor is recorded as ``magnitude_scale``, so
+(:func:`scripts.core.intensity.magnitude_reference`; the factor is recorded as ``magnitude_scale``, so
 scanner units are ``image * magnitude_scale``), optionally resized to ``image_size``
 (aspect kept: longest side resized with anti-aliasing, then zero-padded to a square), given a
 phase by the phase source (the whole ``(S, H, W)`` stack in one call, so network sources batch
 on their device), multiplied by coil maps drawn per slice (or per volume), noised
-(:mod:`scripts.coils`, ``noise_std`` relative to the normalised tissue level ~1) and FFT'd.
+(:mod:`scripts.coils.simulation`, ``noise_std`` relative to the normalised tissue level ~1) and FFT'd.
 
 Archive scale:
 
@@ -63,11 +63,11 @@ import h5py
 import numpy as np
 import torch
 
-from scripts import coils
-from scripts.fastmri_h5 import anonymous_id, write_fastmri
-from scripts.intensity import magnitude_reference
-from scripts.magnitude_io import MagnitudeInputError, find_inputs, load_magnitude
-from scripts.phase_sources import get_phase_source
+from scripts.coils import simulation as coils
+from scripts.io.fastmri_h5 import anonymous_id, write_fastmri
+from scripts.core.intensity import magnitude_reference
+from scripts.io.magnitude import MagnitudeInputError, find_inputs, load_magnitude
+from scripts.phase.sources import get_phase_source
 
 __all__ = ["Synthesizer", "derive_seed", "input_key", "locate_inputs", "merge_manifests", "shard"]
 
@@ -191,15 +191,15 @@ class Synthesizer:
     Args:
         input_dir: archive root (any mix of DICOM series, NIfTI, PNG, TIFF, fastMRI h5).
         output_dir: where the h5 files, ``manifest.jsonl`` and ``skipped.json`` go.
-        phase_source, phase_source_kwargs: :func:`scripts.phase_sources.get_phase_source` arguments.
-        coil_maps: a :class:`scripts.coils.MapSource` (default :class:`scripts.coils.BirdcageMaps`).
+        phase_source, phase_source_kwargs: :func:`scripts.phase.sources.get_phase_source` arguments.
+        coil_maps: a :class:`scripts.coils.simulation.MapSource` (default :class:`scripts.coils.simulation.BirdcageMaps`).
         num_coils: coils per output (4 to 32), or a list to draw the count from per volume.
         image_size: output matrix ``N`` (``N x N``), or ``None`` to keep the input size.
         seed: global seed; see :func:`derive_seed`.
         samples_per_volume: phase samples (output files) per input unit.
-        noise_std, noise_cov: coil noise relative to the normalised image (tissue ~1), see :mod:`scripts.coils`.
+        noise_std, noise_cov: coil noise relative to the normalised image (tissue ~1), see :mod:`scripts.coils.simulation`.
         maps_per_slice: draw maps per slice (``True``) or once per volume.
-        slice_axis: passed to :func:`scripts.magnitude_io.load_magnitude`.
+        slice_axis: passed to :func:`scripts.io.magnitude.load_magnitude`.
         acquisition: the fastMRI ``acquisition`` attribute.
         rank, world_size: shard; default from ``RANK`` / ``WORLD_SIZE``.
         overwrite: replace outputs made with other settings instead of raising.
@@ -277,7 +277,7 @@ class Synthesizer:
     # ------------------------------------------------------------------ one volume
 
     def synthesize_volume(self, volume, sample: int, path: Path, key: str) -> dict:
-        """Phase, coils, FFT and write for one :class:`scripts.magnitude_io.MagnitudeVolume`; returns its record."""
+        """Phase, coils, FFT and write for one :class:`scripts.io.magnitude.MagnitudeVolume`; returns its record."""
         t = time.perf_counter()
         try:
             scale = magnitude_reference(volume.magnitude)

@@ -4,14 +4,14 @@ For every slice of the test files (``image_complex``: the true complex image), t
 gives a phase for the true magnitude; the synthetic image is ``|z| * exp(i * phase)`` on the
 SAME magnitude. Figures, each over the test slices:
 
-- ``coherence``: mean over slices of :func:`scripts.phase_metrics.phase_coherence` with the
+- ``coherence``: mean over slices of :func:`scripts.phase.metrics.phase_coherence` with the
   true phase (magnitude-weighted; 1 = the true phase up to a constant), with a 95 % CI from a
   bootstrap over volumes (subjects: their slices are correlated);
 - ``gradient_distance``: Wasserstein distance of the pooled wrapped phase gradients inside
   the head, synthetic vs true (rad/pixel);
 - ``spectrum_distance``: mean |log10| difference of the radial power spectra of the phasor;
 - ``auroc``: held-out AUROC of a small CNN told to separate true from synthetic complex
-  images (:func:`scripts.two_sample.classifier_two_sample_test`); 0.5 = indistinguishable.
+  images (:func:`scripts.phase.two_sample.classifier_two_sample_test`); 0.5 = indistinguishable.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from scripts.fastmri_h5 import num_slices, read_slice
-from scripts.intensity import magnitude_reference
-from scripts.phase_data import spread_evenly
-from scripts.metrics import bootstrap_ci
-from scripts.phase_metrics import phase_coherence, phase_gradient_distance, spectrum_distance
-from scripts.phase_sources import get_phase_source
-from scripts.two_sample import classifier_two_sample_test
+from scripts.io.fastmri_h5 import num_slices, read_slice
+from scripts.core.intensity import magnitude_reference
+from scripts.phase.data import spread_evenly
+from scripts.core.metrics import bootstrap_ci
+from scripts.phase.metrics import phase_coherence, phase_gradient_distance, spectrum_distance
+from scripts.phase.sources import get_phase_source
+from scripts.phase.two_sample import classifier_two_sample_test
 
 __all__ = ["load_test_images", "phase_realism"]
 

@@ -18,9 +18,9 @@ this module meets them:
   :class:`SliceReconMetric` centre-crop it to the target and add the channel dim.
 
 Data (:class:`FastMRISliceDataset`): a slice-level streaming dataset over fastMRI h5 files;
-each item reads ONE slice with :func:`scripts.fastmri_h5.read_slice`. Per item:
+each item reads ONE slice with :func:`scripts.io.fastmri_h5.read_slice`. Per item:
 
-- k-space ``(C, H, W)`` is masked (mask from :class:`scripts.masks.MaskSampler`: random for
+- k-space ``(C, H, W)`` is masked (mask from :class:`scripts.core.masks.MaskSampler`: random for
   training, fixed per (file, slice) for validation/evaluation);
 - scaling: the masked k-space and the target are divided by a per-slice factor computed from
   the MEASURED data only, ``scale = max(RSS of the zero-filled image)`` (no ground truth leaks
@@ -73,9 +73,9 @@ from monai.losses import SSIMLoss
 from monai.metrics import CumulativeIterationMetric
 from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
-from scripts.fastmri_h5 import num_slices, read_slice, rss
-from scripts.masks import MaskSampler, acs_bounds, to_varnet_mask
-from scripts.metrics import center_crop, nmse, psnr, ssim
+from scripts.io.fastmri_h5 import num_slices, read_slice, rss
+from scripts.core.masks import MaskSampler, acs_bounds, to_varnet_mask
+from scripts.core.metrics import center_crop, nmse, psnr, ssim
 
 __all__ = [
     "ACSCoilSensitivityModel",
@@ -98,7 +98,7 @@ __all__ = [
     "write_network_spec",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NETWORK_SPEC = "varnet.json"
 BEST_CHECKPOINT = "model.pt"
 
@@ -115,7 +115,7 @@ class ACSCoilSensitivityModel(CoilSensitivityModel):
 
     1-D column masks ``(1, 1, 1, W, 1)`` go through MONAI's code unchanged. For a 2-D mask the
     ACS is the largest fully sampled box around the k-space centre
-    (:func:`scripts.masks.acs_bounds`); k-space outside it is zeroed before the inverse FFT and
+    (:func:`scripts.core.masks.acs_bounds`); k-space outside it is zeroed before the inverse FFT and
     the U-Net, then the maps are normalised to unit RSS, exactly as in the 1-D case. The
     parameters are MONAI's, so state dicts are interchangeable with the plain model.
     """
@@ -204,7 +204,7 @@ def list_h5(dataset_dir: str | os.PathLike, split: str | None = None) -> list[st
 
 
 def center_crop_t(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Centre crop of the last two dims of a tensor (fastMRI convention, as :func:`scripts.metrics.center_crop`)."""
+    """Centre crop of the last two dims of a tensor (fastMRI convention, as :func:`scripts.core.metrics.center_crop`)."""
     h, w = x.shape[-2:]
     ch, cw = min(int(shape[-2]), h), min(int(shape[-1]), w)
     top, left = (h - ch) // 2, (w - cw) // 2
@@ -250,7 +250,7 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
 
     Args:
         data: h5 file paths.
-        mask_sampler: :class:`scripts.masks.MaskSampler` (mask type, R list, centre fractions, seed).
+        mask_sampler: :class:`scripts.core.masks.MaskSampler` (mask type, R list, centre fractions, seed).
         crop_size: centre crop ``(h, w)`` of the target, or ``None`` (target as stored).
         fixed_masks: ``False`` = a random mask per item (training; reproducible through torch's
             seed, different in every DataLoader worker); ``True`` = the mask fixed by
@@ -347,7 +347,7 @@ class VarNetSSIMLoss(nn.Module):
 
 
 class SliceReconMetric(CumulativeIterationMetric):
-    """Validation metric over slices: ``"ssim"``, ``"psnr"`` or ``"nmse"`` (scripts.metrics), mean over slices.
+    """Validation metric over slices: ``"ssim"``, ``"psnr"`` or ``"nmse"`` (scripts.core.metrics), mean over slices.
 
     The prediction is centre-cropped to the target; ``data_range`` is the slice's target max
     (a validation proxy: the evaluator uses the volume max, as fastMRI does).
@@ -477,7 +477,7 @@ def train_varnet(
     Returns:
         ``Path`` of ``<output_dir>/model.pt`` (or of the latest resume checkpoint if no validation ran).
     """
-    from scripts.workflow import run_bundle
+    from scripts.studies.runner import run_bundle
 
     config_file = config_file or str(ROOT / "configs" / "train_varnet.json")
     pairs: dict[str, Any] = {

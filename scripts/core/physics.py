@@ -322,12 +322,12 @@ def segment_head(magnitude: np.ndarray, threshold: float = 0.08) -> dict[str, np
     """Tissue/air masks of a 2-D magnitude image (for the physics phase baseline).
 
     Returns boolean arrays: ``head`` (the head, holes filled: see
-    :func:`scripts.phase_metrics.head_mask`), ``air`` (its complement), ``tissue``
+    :func:`scripts.phase.metrics.head_mask`), ``air`` (its complement), ``tissue``
     (bright pixels inside the head) and ``dark`` (dark pixels inside the head: bone, CSF in
     T1w, internal air or flow voids -- ambiguous in a magnitude image, so left for the
     caller to assign a susceptibility).
     """
-    from scripts.phase_metrics import head_mask
+    from scripts.phase.metrics import head_mask
 
     mag = np.abs(np.asarray(magnitude, dtype=np.float64))
     head = head_mask(mag, threshold=threshold)

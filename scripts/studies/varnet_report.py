@@ -1,6 +1,6 @@
 """The study report: markdown + CSVs + figures, each figure labelled with the data it came from.
 
-Written by :func:`write_report` from the outputs of :class:`scripts.study.Study`:
+Written by :func:`write_report` from the outputs of :class:`scripts.studies.varnet_study.Study`:
 
 - ``report.md``: provenance, the main table (NMSE / PSNR / SSIM per phase source x R with
   95% intervals that resample volumes, i.e. subjects) per test set, the phase-realism table, the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts.evaluate import write_csv
+from scripts.recon.evaluate import write_csv
 
 __all__ = ["write_report"]
 
@@ -111,9 +111,9 @@ def _recon_grid(study, files: Sequence[str], checkpoints: Mapping[str, str], r: 
     import matplotlib.pyplot as plt
     import torch
 
-    from scripts.fastmri_h5 import read_slice
-    from scripts.masks import MaskSampler
-    from scripts.varnet import load_varnet, prepare_example, varnet_reconstruct
+    from scripts.io.fastmri_h5 import read_slice
+    from scripts.core.masks import MaskSampler
+    from scripts.recon.varnet import load_varnet, prepare_example, varnet_reconstruct
 
     file = files[0]
     s = 0
@@ -157,7 +157,7 @@ def _provenance(study) -> list[str]:
         f"image {study.image_size}x{study.image_size}, {study.num_coils} coils; seed {study.seed}.",
         "- Phase models (diffusion, GAN) train on the paired `train` split. The magnitude-only archive is the "
         "magnitude of the `train`/`val` splits; every phase source gives it phase, then the SAME coil simulation "
-        f"(`scripts.synthesize`, settings {json.dumps(study.synthesis, default=str)}) makes its k-space, so the "
+        f"(`scripts.synthesis.synthesize`, settings {json.dumps(study.synthesis, default=str)}) makes its k-space, so the "
         "sources differ only in phase.",
         f"- VarNet per source: {json.dumps(study.varnet, default=str)}; masks {study.mask_type}, centre fraction "
         f"{study.center_fraction}, R = {study.accelerations} (mixed during training, fixed per slice at test).",
@@ -215,7 +215,7 @@ def write_report(study, evaluations: Mapping[str, Mapping[str, str]], realism: M
             lines.append(f"| {r['source']} | {r['coherence']:.3f} [{r['coherence_ci_low']:.3f}, "
                          f"{r['coherence_ci_high']:.3f}] | {r['gradient_distance']:.4f} | "
                          f"{r['spectrum_distance']:.3f} | {r['auroc']:.3f} |")
-    from scripts.gallery import make_gallery
+    from scripts.studies.gallery import make_gallery
 
     gallery_sources = [s for s in study.sources if s != "ground_truth"]
     kwargs = {s: {k: v for k, v in study._source_kwargs(s, checkpoints).items() if k != "checkpoint"}

@@ -5,7 +5,7 @@ did not train on measures how distinguishable the two sets are: 0.5 = indistingu
 1.0 = perfectly separable (the published joint magnitude+phase generator reaches 0.50-0.66).
 
 Protocol (:func:`classifier_two_sample_test`): both sets are normalised like every model in
-the bundle (complex image / 99.5th percentile of its magnitude, :mod:`scripts.intensity`) and
+the bundle (complex image / 99.5th percentile of its magnitude, :mod:`scripts.core.intensity`) and
 given as real/imaginary channels; a seeded stratified ``folds``-fold split (default 2) trains
 one classifier per fold on the other folds and scores the held-out fold; the AUROC
 (``sklearn.metrics.roc_auc_score``) is taken over the pooled out-of-fold scores, so every
@@ -31,7 +31,7 @@ __all__ = ["TwoSampleCNN", "classifier_two_sample_test", "complex_batch"]
 
 def complex_batch(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
     """``(N, 2, H, W)`` float32 real/imag of complex images, each divided by its 99.5th-percentile magnitude."""
-    from scripts.intensity import magnitude_reference
+    from scripts.core.intensity import magnitude_reference
 
     out = []
     for z in images:

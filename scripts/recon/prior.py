@@ -5,24 +5,24 @@
 out_channels=2)`` on the real and imaginary parts of a complex image, with the schedulers,
 prepare-batch, handlers, checkpointing and resume of the conditional phase model
 (``configs/train.json`` is reused through ``%`` macros; :class:`PriorPrepareBatch` is
-:class:`scripts.diffusion.PhasePrepareBatch` without a condition).
+:class:`scripts.phase.diffusion.PhasePrepareBatch` without a condition).
 
 Prior data (``prior_data``), so the three priors can be compared:
 
 - ``complex``: ground-truth complex images of a paired set (``image_complex`` of the simulator,
-  or the ESPIRiT coil combination of real multi-coil k-space; :func:`scripts.phase_data.complex_slice`).
+  or the ESPIRiT coil combination of real multi-coil k-space; :func:`scripts.phase.data.complex_slice`).
 - ``augmented``: a magnitude-only archive given phase by the conditional diffusion model: a folder
-  written by ``scripts/synthesize.py`` (flat ``<key>_s<k>.h5`` files, several phase samples per
+  written by ``scripts/synthesis/synthesize.py`` (flat ``<key>_s<k>.h5`` files, several phase samples per
   magnitude) or any folder of h5 files holding ``image_complex`` (forced as the source).
 - ``magnitude``: ``|image|`` as a real image, imaginary channel zero (the weak baseline).
 
-Normalisation (same scale as :mod:`scripts.intensity`): the complex image is divided by the
+Normalisation (same scale as :mod:`scripts.core.intensity`): the complex image is divided by the
 99.5th percentile of its magnitude, so tissue magnitude sits near 1 and the real and imaginary
 channels lie in about [-1.3, 1.3]. DDPM/DDIM's ``clip_sample`` would clip the predicted
 ``x0`` to [-1, 1] and cut the brightest pixels, so :func:`configure_scheduler` widens the clip
 range to ``[-prior_clip, prior_clip]`` (2 by default).
 
-Folders: ``dataset_dir/{train,val,test}/*.h5`` as in :mod:`scripts.phase_data`; a flat folder
+Folders: ``dataset_dir/{train,val,test}/*.h5`` as in :mod:`scripts.phase.data`; a flat folder
 (the synthesiser's output) is split by input volume (all phase samples of one magnitude go
 to the same side) with :func:`prior_datalist`.
 
@@ -48,9 +48,9 @@ from monai.config import KeysCollection
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 from monai.transforms import MapTransform
 
-from scripts.diffusion import PhasePrepareBatch, PhaseSamplingInferer, load_weights, unet_divisor
-from scripts.intensity import magnitude_reference
-from scripts.phase_data import (
+from scripts.phase.diffusion import PhasePrepareBatch, PhaseSamplingInferer, load_weights, unet_divisor
+from scripts.core.intensity import magnitude_reference
+from scripts.phase.data import (
     _h5_files,
     center_crop_or_pad,
     complex_slice,
@@ -128,8 +128,8 @@ def prior_datalist(dataset_dir: str | os.PathLike, split: str, val_fraction: flo
     """``[{"file", "slice"}, ...]`` of ``split`` of ``dataset_dir``.
 
     A folder with split subfolders (``train/``, ``val/``, fastMRI names) is read with
-    :func:`scripts.phase_data.slice_datalist`. A flat folder of h5 files (what
-    ``scripts/synthesize.py`` writes) is split by input volume: files ``<key>_s<k>.h5`` of one
+    :func:`scripts.phase.data.slice_datalist`. A flat folder of h5 files (what
+    ``scripts/synthesis/synthesize.py`` writes) is split by input volume: files ``<key>_s<k>.h5`` of one
     key stay together; a seeded hash of the key sends about ``val_fraction`` of the volumes
     to ``"val"`` (at least one when there are two or more), the rest to ``"train"``;
     ``"test"`` of a flat folder is empty. The split does not depend on the file order.
@@ -169,7 +169,7 @@ def prepare_prior_dataset(dataset_dir: str | os.PathLike, prior_data: str = "com
         return dataset_dir
     if prior_data == "augmented":
         raise FileNotFoundError(
-            f"{dataset_dir}: no h5 files; an augmented prior needs a folder written by scripts/synthesize.py "
+            f"{dataset_dir}: no h5 files; an augmented prior needs a folder written by scripts/synthesis/synthesize.py "
             "(phase_source 'diffusion') or h5 files with 'image_complex'")
     return prepare_dataset(dataset_dir, simulate=simulate, **simulate_kwargs)
 
@@ -179,10 +179,10 @@ class LoadComplexSliced(MapTransform):
 
     Args:
         keys: key of the h5 path; ``slice_key`` holds the slice index.
-        prior_data: ``"complex"`` (``complex_source`` decides, see :mod:`scripts.phase_data`),
+        prior_data: ``"complex"`` (``complex_source`` decides, see :mod:`scripts.phase.data`),
             ``"augmented"`` (``image_complex`` required) or ``"magnitude"`` (``|z|``, imaginary 0).
         spatial_size: centre crop / zero pad in image space (``None``: keep).
-        complex_source, cache_dir, espirit_params: passed to :func:`scripts.phase_data.complex_slice`.
+        complex_source, cache_dir, espirit_params: passed to :func:`scripts.phase.data.complex_slice`.
         image_key: output key; the scale is stored under ``<image_key>_reference``.
     """
 
@@ -217,7 +217,7 @@ class LoadComplexSliced(MapTransform):
 # training
 # --------------------------------------------------------------------------------------
 class PriorPrepareBatch(PhasePrepareBatch):
-    """:class:`scripts.diffusion.PhasePrepareBatch` without a condition (unconditional prior).
+    """:class:`scripts.phase.diffusion.PhasePrepareBatch` without a condition (unconditional prior).
 
     Same noise, timesteps and targets (epsilon / v / x0 / rectified-flow velocity) and the same
     ``deterministic`` validation mode; the inferer gets only ``noise`` and ``timesteps``.
@@ -323,7 +323,7 @@ class PriorSamplingInferer(PhaseSamplingInferer):
     device and dtype are used, and its bytes seed the noise when the inferer has a ``seed``);
     returns ``(B, 2, H, W)`` real/imag samples in the prior's normalised units.
     :meth:`sample` is the convenience form. The reverse process is
-    :class:`scripts.diffusion.PhaseSamplingInferer`'s, with an empty condition.
+    :class:`scripts.phase.diffusion.PhaseSamplingInferer`'s, with an empty condition.
     """
 
     def __init__(self, scheduler, num_inference_steps: int | None = None, seed: int | None = 0,

@@ -16,7 +16,7 @@ Three mask types, all on centred k-space (DC at index ``N // 2``):
 A mask is returned as a boolean numpy array that broadcasts against ``(coils, H, W)``
 k-space: ``(1, W)`` for the column masks, ``(H, W)`` for Poisson. :func:`to_varnet_mask`
 gives the shape MONAI's VarNet wants: ``(1, 1, 1, W, 1)`` or ``(1, 1, H, W, 1)`` (see
-``scripts.varnet.ACSCoilSensitivityModel`` for why the 2-D one needs a small subclass).
+``scripts.recon.varnet.ACSCoilSensitivityModel`` for why the 2-D one needs a small subclass).
 
 Determinism: every mask is a pure function of ``seed``. :func:`fixed_mask_seed` turns
 ``(seed, file name, slice, R)`` into a seed, so an evaluation gives every model the same

@@ -10,14 +10,14 @@ Stages (each skipped when its output already exists, so an interrupted study res
 1. Data. Two fastMRI-format datasets: a small *paired* set (trains the conditional phase model)
    and an *archive* (its magnitudes are the "magnitude-only archive"; its true complex images
    train the ``complex`` prior, the oracle; its ``val``/``test`` splits tune lambda and test).
-   Without paths they are simulated (:func:`scripts.simulate.simulate_dataset`, different seeds,
+   Without paths they are simulated (:func:`scripts.simulate.dataset.simulate_dataset`, different seeds,
    so the phase model never saw the archive). Optionally a separate *test* set (``test_dir``, or
    ``sim_test_subjects`` simulated with a third seed) replaces the archive's test split: more test
    subjects without changing anything that trains. All are then rewritten in the reconstruction's
-   phase convention (:func:`scripts.prior_recon.espirit_dataset`: ESPIRiT maps from the same
+   phase convention (:func:`scripts.recon.posterior.espirit_dataset`: ESPIRiT maps from the same
    central calibration lines the undersampled data keep, coil-0 relative phase).
 2. Conditional phase model: ``configs/train.json`` on the paired set (or a given checkpoint).
-3. Augmented archive: ``scripts/synthesize.py`` (phase source ``diffusion``, several phase samples
+3. Augmented archive: ``scripts/synthesis/synthesize.py`` (phase source ``diffusion``, several phase samples
    per magnitude) on the archive's training magnitudes (or a given folder).
 4. Priors: ``configs/train_prior.json`` with ``prior_data`` complex (archive complex images),
    augmented (the synthesiser's output) and magnitude (archive magnitudes), the same number of
@@ -25,18 +25,18 @@ Stages (each skipped when its output already exists, so an interrupted study res
 5. Generator realism: samples of each prior vs the held-out true complex images (the test split;
    simulated unless given as user data) and vs the REAL slices when present:
    wrapped phase-gradient Wasserstein distance, phasor radial-spectrum distance
-   (:mod:`scripts.phase_metrics`) and the classifier two-sample AUROC (:mod:`scripts.two_sample`,
+   (:mod:`scripts.phase.metrics`) and the classifier two-sample AUROC (:mod:`scripts.phase.two_sample`,
    not on the handful of real slices); plus the phase model itself on the same magnitudes
    (augmented vs true archive images).
 6. Reconstruction on the test split (and on the real 4-coil slices when ``real_dir`` exists):
    zero-filled, L1-wavelet (lambda tuned on the validation split, never on test) and the three
-   priors (:class:`scripts.prior_recon.PriorPosteriorSampler`), for 1-D equispaced and 2-D
+   priors (:class:`scripts.recon.posterior.PriorPosteriorSampler`), for 1-D equispaced and 2-D
    Poisson-disc patterns; PSNR/SSIM/NMSE per slice, 95 % intervals from a bootstrap over subjects
-   (:func:`scripts.metrics.bootstrap_ci` with ``groups``: slices of one subject are correlated).
+   (:func:`scripts.core.metrics.bootstrap_ci` with ``groups``: slices of one subject are correlated).
 7. Report: ``report.md``, ``summary.csv``, ``per_slice.csv``, ``realism.csv``, ``comparisons.csv``
    (paired per-slice differences for the published ordering), ``lambda.json``, ``provenance.json``
    and PNG figures in ``output_dir``. Real files whose name marks a phantom
-   (:func:`scripts.study.is_phantom`) are left out.
+   (:func:`scripts.studies.varnet_study.is_phantom`) are left out.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.diffusion import _checkpoint_iteration
-from scripts.evaluate import write_csv
-from scripts.metrics import bootstrap_ci
-from scripts.prior import PRIOR_DATA, PriorSamplingInferer, channels_to_complex, load_prior, sampler_from_card
-from scripts.prior_recon import (
+from scripts.phase.diffusion import _checkpoint_iteration
+from scripts.recon.evaluate import write_csv
+from scripts.core.metrics import bootstrap_ci
+from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, channels_to_complex, load_prior, sampler_from_card
+from scripts.recon.posterior import (
     MASK_PATTERNS,
     PriorPosteriorSampler,
     SenseOp,
@@ -74,7 +74,7 @@ from scripts.prior_recon import (
     tune_l1_lambda,
     zero_filled,
 )
-from scripts.workflow import ROOT, run_bundle
+from scripts.studies.runner import ROOT, run_bundle
 
 __all__ = ["PriorStudy"]
 
@@ -90,7 +90,7 @@ PUBLISHED_ORDER = (("prior_augmented", "l1_wavelet"), ("l1_wavelet", "prior_magn
 # helpers
 # --------------------------------------------------------------------------------------
 def _slice_items(dataset_dir: str, split: str, limit: int | None) -> list[tuple[str, int]]:
-    from scripts.phase_data import slice_datalist, spread_evenly
+    from scripts.phase.data import slice_datalist, spread_evenly
 
     items = [(d["file"], d["slice"]) for d in slice_datalist(dataset_dir, split)]
     return [items[i] for i in spread_evenly(len(items), limit)]
@@ -215,7 +215,7 @@ class PriorStudy:
         """``(paired, archive, test)`` dataset folders; the test set is the archive's ``test`` split unless a
         ``test_dir`` is given or ``sim_test_subjects`` asks for a separate simulated held-out set (more
         test subjects without changing what the models train on)."""
-        from scripts.simulate import simulate_dataset
+        from scripts.simulate.dataset import simulate_dataset
 
         t0 = time.perf_counter()
         prov = {}
@@ -233,7 +233,7 @@ class PriorStudy:
                 summary = simulate_dataset(src, num_subjects=subjects, slices_per_subject=self.sim["slices_per_subject"],
                                            image_size=self.size, num_coils=self.num_coils, seed=seed,
                                            split_fractions=fractions)
-                prov[role] = {"source": "simulated (scripts.simulate, MNI152-based, NOT real data)", "seed": seed,
+                prov[role] = {"source": "simulated (scripts.simulate.dataset, MNI152-based, NOT real data)", "seed": seed,
                               "subjects": subjects, "slices_per_subject": self.sim["slices_per_subject"],
                               "image_size": self.size, "num_coils": self.num_coils,
                               "splits": {s: v["subjects"] for s, v in summary["splits"].items()}}
@@ -258,7 +258,7 @@ class PriorStudy:
         if self.phase_model:
             self.provenance["phase_model"] = {"source": "given checkpoint"}
             return self.phase_model
-        from scripts.phase_data import slice_datalist
+        from scripts.phase.data import slice_datalist
 
         t0 = time.perf_counter()
         root = self.work / "phase_model"
@@ -289,9 +289,9 @@ class PriorStudy:
         if self.augmented_dir:
             self.provenance["augmented"] = {"source": "given folder"}
             return self.augmented_dir
-        from scripts.phase_data import find_split
-        from scripts.prior import build_scheduler
-        from scripts.synthesize import Synthesizer
+        from scripts.phase.data import find_split
+        from scripts.recon.prior import build_scheduler
+        from scripts.synthesis.synthesize import Synthesizer
 
         t0 = time.perf_counter()
         out = self.work / "augmented"
@@ -308,14 +308,14 @@ class PriorStudy:
             # noisy (checked on the 64 px study: eta 0 gives noise, eta 1 gives heads)
             inferer.eta = self.eta
         summary = synth.run()
-        self.provenance["augmented"] = {"source": "scripts/synthesize.py, phase_source diffusion", "samples_per_volume":
+        self.provenance["augmented"] = {"source": "scripts/synthesis/synthesize.py, phase_source diffusion", "samples_per_volume":
                                         self.augment_samples, "sampling_steps": self.phase_steps, "ddim_eta": self.eta,
                                         "slices": summary["slices"]}
         self._tick("augment", t0)
         return str(out)
 
     def train_priors(self, data: Mapping[str, str], val_dir: str) -> dict[str, str]:
-        from scripts.prior import prior_datalist
+        from scripts.recon.prior import prior_datalist
 
         weights = {}
         for kind in self.priors:
@@ -379,10 +379,10 @@ class PriorStudy:
         return rows
 
     def _score(self, name: str, reference: list, synth: list, note: str, min_classifier: int = 8) -> dict:
-        """Phase-gradient and phasor-spectrum distances (:mod:`scripts.phase_metrics`) and the classifier
-        two-sample AUROC (:mod:`scripts.two_sample`; NaN with fewer than ``min_classifier`` reference images)."""
-        from scripts.phase_metrics import head_mask, phase_gradient_distance, spectrum_distance
-        from scripts.two_sample import classifier_two_sample_test
+        """Phase-gradient and phasor-spectrum distances (:mod:`scripts.phase.metrics`) and the classifier
+        two-sample AUROC (:mod:`scripts.phase.two_sample`; NaN with fewer than ``min_classifier`` reference images)."""
+        from scripts.phase.metrics import head_mask, phase_gradient_distance, spectrum_distance
+        from scripts.phase.two_sample import classifier_two_sample_test
 
         rm = [head_mask(np.abs(z)) for z in reference]
         sm = [head_mask(np.abs(z)) for z in synth]
@@ -400,9 +400,9 @@ class PriorStudy:
     @staticmethod
     def _augmented_pairs(archive: str, augmented: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(true complex, synthetic complex)`` slice pairs: each synthesiser output ``<key>_s<k>.h5``
-        matched to the archive training file it was made from (``key`` = :func:`scripts.synthesize.input_key`)."""
-        from scripts.phase_data import _h5_files, find_split
-        from scripts.synthesize import input_key
+        matched to the archive training file it was made from (``key`` = :func:`scripts.synthesis.synthesize.input_key`)."""
+        from scripts.phase.data import _h5_files, find_split
+        from scripts.synthesis.synthesize import input_key
 
         root = find_split(archive, "train")
         by_key = {input_key(f, root): f for f in _h5_files(root)}
@@ -431,7 +431,7 @@ class PriorStudy:
         if not self.real_dir or not Path(self.real_dir).is_dir():
             return []
         cases = []
-        from scripts.study import is_phantom
+        from scripts.studies.varnet_study import is_phantom
 
         for path in sorted(glob.glob(os.path.join(self.real_dir, self.real_glob))):
             if is_phantom(path):
@@ -592,7 +592,7 @@ class PriorStudy:
         lines += ["## Data (read this first)", ""]
         if simulated:
             sim_roles = ", ".join(k for k, v in data.items() if "simulated" in str(v.get("source", "")))
-            lines += [f"**Simulated data** ({sim_roles}): simulated by `scripts/simulate.py` "
+            lines += [f"**Simulated data** ({sim_roles}): simulated by `scripts/simulate/dataset.py` "
                       "(MNI152-based brains with B0/RF/coil phase). Results on simulated data prove the pipeline, not "
                       "the science (DESIGN.md, 'Honesty about data').", ""]
         for role, v in data.items():
@@ -658,7 +658,7 @@ class PriorStudy:
                   f"- Phase model (conditional, augments the archive): {self.phase_scheduler_type} objective, "
                   f"{self.phase_iterations} iterations target, {self.phase_steps} sampling steps, {self.augment_samples} "
                   "phase samples per archive magnitude (`phase_model` / `augmented` in provenance.json).",
-                  f"- Reconstruction: DDS-style posterior sampling (scripts/prior_recon.py): {json.dumps(self.recon)}, "
+                  f"- Reconstruction: DDS-style posterior sampling (scripts/recon/posterior.py): {json.dumps(self.recon)}, "
                   "dc_weight tuned per prior and pattern on the validation split; "
                   "ESPIRiT maps from the ACS (crop 0); the image scale (99.5th percentile) is estimated from the "
                   "undersampled data by a short CG-SENSE solve, k-space divided by it before and the image multiplied "

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from scripts.fft import ifft2c
+from scripts.core.fft import ifft2c
 
 __all__ = [
     "FastMRIFileError",

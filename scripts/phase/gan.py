@@ -12,9 +12,9 @@ Generator (:class:`Pix2PixGenerator`)
     320x320: 6 levels with a 5x5 bottleneck); other sizes are zero-padded (zero = background)
     to a multiple of ``2**n`` inside :meth:`Pix2PixGenerator.forward` and cropped back.
 
-    Input: the normalised magnitude (1 channel, :mod:`scripts.intensity`). Output: the unit
+    Input: the normalised magnitude (1 channel, :mod:`scripts.core.intensity`). Output: the unit
     phasor ``(cos phi, sin phi)`` through tanh (2 channels), the same representation as the
-    diffusion model (:mod:`scripts.diffusion`): phase is circular, the phasor has no false
+    diffusion model (:mod:`scripts.phase.diffusion`): phase is circular, the phasor has no false
     edge at +-pi, lies in tanh's [-1, 1], and ``phi = atan2(sin, cos)`` for any length.
 
     Why not ``monai.networks.nets.UNet``/``BasicUNet``: they cannot express this network.
@@ -56,7 +56,7 @@ Engine (:class:`Pix2PixTrainer`)
 
 Training (``python -m monai.bundle run training --config_file configs/train_gan.json``)
     Same slices and transforms as the diffusion training (``configs/train.json``:
-    :class:`scripts.phase_data.LoadPhaseSliced`, ``NormalizeMagnituded``, random
+    :class:`scripts.phase.data.LoadPhaseSliced`, ``NormalizeMagnituded``, random
     left-right flips; ``--dataset_dir`` picks the data). Full checkpoints (both networks,
     both optimisers, engine state) every epoch in ``models/gan/``; the generator with the
     best validation phase coherence in ``models/gan/generator.pt`` (what the ``gan`` phase
@@ -312,7 +312,7 @@ class PhaseCoherence(Metric):
     ``output_transform`` (default :func:`coherence_inputs`) must give ``(pred_phasor,
     true_phasor, weight)`` as batched tensors (phasor channels first); ``w`` is the
     magnitude. 1 = the same phase up to a constant offset (the DESIGN.md definition, as
-    ``scripts.phase_metrics.phase_coherence``).
+    ``scripts.phase.metrics.phase_coherence``).
     """
 
     def __init__(self, output_transform=coherence_inputs, device: Any = "cpu") -> None:

@@ -1,0 +1,1 @@
+"""Coil sensitivity maps (birdcage, ESPIRiT bank) and multi-coil k-space simulation."""

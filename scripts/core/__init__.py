@@ -1,0 +1,1 @@
+"""Numerical building blocks with no I/O: FFT, intensity, complex/phase, masks, metrics, physics, ESPIRiT, SENSE."""

@@ -1,0 +1,1 @@
+"""Files: fastMRI h5, magnitude images, real complex slices, atomic writes, checkpoints."""

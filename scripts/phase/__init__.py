@@ -1,0 +1,1 @@
+"""Phase: sources (baselines and learned), the diffusion and GAN phase models, paired data, realism metrics."""

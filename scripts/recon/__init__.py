@@ -1,0 +1,1 @@
+"""Reconstruction: VarNet, L1-wavelet, complex diffusion priors with posterior sampling, evaluation."""

@@ -1,0 +1,1 @@
+"""Studies: the stage runner, the VarNet phase-source study, the prior study, reports and gallery."""

@@ -1,0 +1,1 @@
+"""Synthesis: magnitude-only inputs -> sampled phase -> coils -> fastMRI k-space; phase inference outputs."""
