@@ -46,10 +46,12 @@ if str(ROOT) not in sys.path:
 
 from monai.bundle import ConfigParser  # noqa: E402
 
-from scripts.phase.diffusion import PhaseSamplingInferer, load_weights  # noqa: E402
+from scripts.phase.diffusion import PhaseSamplingInferer  # noqa: E402
 from scripts.core.intensity import normalize_magnitude  # noqa: E402
+from scripts.core.physics import head_mask  # noqa: E402
+from scripts.io.checkpoint import load_weights  # noqa: E402
 from scripts.phase.data import center_crop_or_pad, complex_slice, slice_datalist  # noqa: E402
-from scripts.phase.metrics import head_mask, phase_coherence, phase_gradient_distance  # noqa: E402
+from scripts.phase.metrics import phase_coherence, phase_gradient_distance  # noqa: E402
 
 DEFAULT_SAMPLERS = "ddpm:1000,ddim:10,ddim:25,ddim:50,ddim:10:1,ddim:25:1,ddim:50:1,rflow:10,rflow:25"
 
@@ -124,7 +126,7 @@ def save_samples(path: Path, z: np.ndarray, phases: np.ndarray, title: str) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scripts.phase.diffusion import circular_variance
+    from scripts.core.complex import circular_variance
 
     n = phases.shape[0]
     fig, axes = plt.subplots(1, n + 3, figsize=(1.9 * (n + 3), 2.2))

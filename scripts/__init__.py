@@ -3,7 +3,7 @@
 One sub-package per pipeline stage; imports only point down this list (no cycles):
 
 - ``core``: FFT, intensity, complex/phase helpers, masks, metrics, B0/RF physics, ESPIRiT, SENSE
-- ``io``: fastMRI h5, magnitude readers (DICOM/NIfTI/PNG/TIFF), real ``.mat`` slices, atomic writes, checkpoints
+- ``io``: fastMRI h5, magnitude readers (DICOM/NIfTI/PNG/TIFF), real ``.mat`` slices, atomic writes, CSV tables, checkpoints
 - ``coils``: coil sensitivity maps (birdcage, ESPIRiT bank) and multi-coil k-space simulation
 - ``simulate``: the embedded simulated complex brain dataset
 - ``phase``: phase sources, the conditional diffusion and GAN phase models, paired data, realism

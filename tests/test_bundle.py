@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -84,3 +85,42 @@ def test_runner_finds_metadata():
     meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
     assert f"bundle version {meta['version']}" in out.stdout
     assert "Cannot find the metadata" not in out.stdout + out.stderr
+
+
+def test_configs_are_generated_from_their_sources_and_self_contained():
+    """configs/*.json are configs/source/*.json with the %macros expanded (nothing written twice by hand)."""
+    from scripts.configs import SOURCE_DIR, main
+
+    assert main(["--check"]) == 0, "run: python -m scripts.configs"
+    for path in (ROOT / "configs").glob("*.json"):
+        assert '"%' not in path.read_text(), f"{path.name} still holds a macro that resolves against the current folder"
+    assert {p.name for p in SOURCE_DIR.glob("*.json")} <= {p.name for p in (ROOT / "configs").glob("*.json")}
+
+
+def test_training_and_inference_run_from_another_folder(tmp_path):
+    """The used-by commands with absolute config paths from an unrelated folder (model-zoo CI, MONAI Label apps)."""
+    from test_diffusion import TINY_NET, TINY_TRAIN, make_dataset, make_inputs
+
+    data = make_dataset(tmp_path / "data")
+    bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # the bundle's package importable, as MONAI Label (sys.path) and the model zoo's CI (PYTHONPATH) make it:
+    # MONAI's runner adds the bundle root to sys.path only in run(), after a config's `initialize` step
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def run(workflow, config, **args):
+        args_file = elsewhere / f"{workflow}.json"
+        args_file.write_text(json.dumps({"bundle_root": str(bundle), **args}))
+        cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", str(ROOT / "configs" / config),
+               "--args_file", str(args_file)]
+        out = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+
+    run("training", "train.json", dataset_dir=data, **TINY_TRAIN)
+    assert (bundle / "models" / "model.pt").is_file()
+    make_inputs(tmp_path / "in")
+    run("inference", "inference.json", input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+        num_inference_steps=2, num_samples=1, **TINY_NET)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(w["kind"] for w in report["written"]) == ["nifti", "png"]
+    assert not (elsewhere / "configs").exists() and not (elsewhere / "models").exists()

@@ -24,17 +24,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from conftest import ROOT
-from scripts.phase.diffusion import (
-    PhasePrepareBatch,
-    PhaseSamplingInferer,
-    apply_phase,
-    circular_variance,
-    complex_to_phasor,
-    latest_checkpoint,
-    load_weights,
-    phasor_to_phase,
-    wrap_phase,
-)
+from scripts.core.complex import apply_phase, circular_variance, complex_to_phasor, phasor_to_phase, wrap_phase
+from scripts.io.checkpoint import latest_checkpoint, load_weights
+from scripts.phase.diffusion import PhasePrepareBatch, PhaseSamplingInferer
 from scripts.io.fastmri_h5 import write_fastmri
 from scripts.phase.data import LoadPhaseSliced, complex_slice, prepare_dataset, slice_datalist
 

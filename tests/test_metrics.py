@@ -51,7 +51,7 @@ def test_ssim_identical_is_one_and_matches_skimage(volume):
 
 def test_slice_and_volume_metrics_use_the_volume_max(volume):
     gt, pred = volume
-    rows = slice_metrics(gt, pred)
+    rows = [slice_metrics(g, p, gt.max()) for g, p in zip(gt, pred)]  # as the evaluation calls it
     assert len(rows) == 3
     vmax = gt.max()
     mse2 = np.mean((gt[2] - pred[2]) ** 2)
@@ -62,6 +62,15 @@ def test_slice_and_volume_metrics_use_the_volume_max(volume):
     assert vol["nmse"] == pytest.approx(np.sum((gt - pred) ** 2) / np.sum(gt**2))
     assert vol["psnr"] == pytest.approx(10 * np.log10(vmax**2 / np.mean((gt - pred) ** 2)))
     assert vol["ssim"] == pytest.approx(np.mean([r["ssim"] for r in rows]))
+
+
+def test_slice_metrics_ground_truth_first_and_complex_as_magnitude(volume):
+    gt, pred = volume
+    m = slice_metrics(gt[1], pred[1])  # default data range: this slice's ground-truth max
+    assert m["psnr"] == pytest.approx(psnr(gt[1], pred[1], gt[1].max()))
+    assert m["nmse"] == pytest.approx(nmse(gt[1], pred[1])) and m["nmse"] != pytest.approx(nmse(pred[1], gt[1]))
+    phase = np.exp(1j * np.linspace(0, 3, gt[1].size)).reshape(gt[1].shape)
+    assert slice_metrics(gt[1] * phase, np.abs(pred[1]) * phase) == pytest.approx(slice_metrics(gt[1], np.abs(pred[1])))
 
 
 def test_metrics_reject_shape_mismatch_and_nan():

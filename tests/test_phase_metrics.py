@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scripts.core.physics import head_mask
 from scripts.phase.metrics import (
-    head_mask,
     phase_coherence,
     phase_gradient_distance,
     pooled_phase_gradients,

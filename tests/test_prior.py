@@ -54,7 +54,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def train_prior(bundle_root: Path, dataset_dir: Path, prior_data: str, **extra) -> Path:
-    from scripts.studies.runner import ROOT, run_bundle
+    from scripts.configs import ROOT, run_bundle
 
     settings = dict(bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), prior_data=prior_data, image_size=SIZE,
                     max_epochs=1, batch_size=2, num_workers=0, progress_bar=False, val_interval=1, ckpt_interval=1,
@@ -65,7 +65,8 @@ def train_prior(bundle_root: Path, dataset_dir: Path, prior_data: str, **extra) 
 
 # ---------------------------------------------------------------------------------------------
 def test_loader_normalises_and_builds_each_variant(tiny_data):
-    from scripts.recon.prior import LoadComplexSliced, channels_to_complex
+    from scripts.core.complex import channels_to_complex
+    from scripts.recon.prior import LoadComplexSliced
     from scripts.phase.data import slice_datalist
 
     item = slice_datalist(tiny_data, "train")[0]
@@ -165,7 +166,7 @@ def test_prior_study_profiles_build(profile, monkeypatch):
     monkeypatch.chdir(ROOT)
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / "prior_study.json"), str(ROOT / "configs" / profile)])
-    study = parser.get_parsed_content("study", instantiate=True)
+    study = parser.get_parsed_content("study_def", instantiate=True)
     assert study.size == parser["image_size"] and study.prior_iterations >= 1000
     prior = ConfigParser()
     prior.read_config(str(ROOT / "configs" / "train_prior.json"))

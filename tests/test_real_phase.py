@@ -23,7 +23,8 @@ import scipy.io as sio
 import scipy.signal
 import sigpy
 
-from scripts.phase.metrics import head_mask, phase_gradient_distance, pooled_phase_gradients, spectrum_distance
+from scripts.core.physics import head_mask
+from scripts.phase.metrics import phase_gradient_distance, pooled_phase_gradients, spectrum_distance
 from scripts.simulate.dataset import simulate_subject
 
 T1_GRE = ("T1_SPGR", "T1_MPRAGE")

@@ -17,7 +17,7 @@ import sigpy
 
 from scripts.core import physics
 from scripts.io.fastmri_h5 import num_slices, read_fastmri, rss
-from scripts.phase.metrics import head_mask
+from scripts.core.physics import head_mask
 from scripts.simulate.dataset import SEQUENCES, simulate_dataset, simulate_subject, split_of
 
 SMALL = dict(num_subjects=3, slices_per_subject=2, image_size=32, num_coils=2)

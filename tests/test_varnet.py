@@ -16,17 +16,16 @@ import torch
 from conftest import ROOT
 from scripts.io.fastmri_h5 import write_fastmri
 from scripts.core.masks import MaskSampler, make_mask, to_varnet_mask
+from scripts.io.checkpoint import latest_checkpoint
 from scripts.recon.varnet import (
-    CPU_PROFILE,
-    FULL_PROFILE,
     FastMRISliceDataset,
     build_varnet,
-    latest_checkpoint,
     list_h5,
     load_varnet,
     prepare_example,
     prepare_varnet_batch,
     train_varnet,
+    varnet_profile,
 )
 
 SIZE, COILS = 48, 4
@@ -65,12 +64,12 @@ def trained(dataset_dir, tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-def test_profiles_in_config_match_python():
-    cfg = json.loads((ROOT / "configs" / "train_varnet.json").read_text())
-    assert cfg["varnet_profiles"]["cpu"] == CPU_PROFILE
-    assert cfg["varnet_profiles"]["full"] == FULL_PROFILE
-    full = build_varnet(**FULL_PROFILE)
+def test_profiles_come_from_the_config():
+    full = build_varnet(**varnet_profile("full"))
     assert len(full.cascades) == 12
+    assert varnet_profile("cpu")["num_cascades"] == 4
+    with pytest.raises(ValueError, match="unknown VarNet profile"):
+        varnet_profile("huge")
 
 
 def test_varnet_takes_2d_masks_and_monai_sensitivity_model_does_not():

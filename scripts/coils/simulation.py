@@ -31,7 +31,7 @@ per-slice specs, ``render(spec, shape)`` makes the maps, cached):
 
 - :class:`BirdcageMaps`: ``sigpy.mri.birdcage_maps`` geometry with a random radius, rotation
   and centre offset per draw, rendered at ``sim_size`` and resampled.
-- :class:`EspiritMapBank`: ESPIRiT (``sigpy.mri.app.EspiritCalib``) on fully sampled reference
+- :class:`EspiritMapBank`: ESPIRiT (:mod:`scripts.core.espirit`, sigpy's algorithm) on fully sampled reference
   k-space (fastMRI h5 files, e.g. the simulated set), run ONCE into a bank file (``.npz``,
   written atomically) that records a sha256 of its inputs (the k-space bytes of every slice
   used plus every ESPIRiT parameter): a bank whose hash no longer matches is rebuilt.
@@ -54,7 +54,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +64,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
+from scripts.io.atomic import save_npz
 from scripts.io.fastmri_h5 import anonymous_id, num_slices, read_slice
 from scripts.core.fft import _as_tensor, _fft2c, fft2c, ifft2c, to_real_imag_last
 from scripts.core.intensity import magnitude_reference
@@ -402,18 +402,17 @@ def espirit_maps(kspace: np.ndarray, size: int | None = 64, calib_width: int = 2
     """ESPIRiT maps of one fully sampled (at least in the centre) k-space slice ``(C, H, W)``.
 
     k-space is centre-cropped so that its shorter side is ``size`` (lower resolution, same FOV;
-    ``None`` keeps it), ESPIRiT runs (``sigpy.mri.app.EspiritCalib``), maps are extended smoothly
+    ``None`` keeps it), ESPIRiT runs on the centred ``calib_width`` square
+    (:func:`scripts.core.espirit.espirit_calib`), maps are extended smoothly
     outside the support (``fill``), the longer image side is centre-cropped to a square (the
     recon FOV of readout-oversampled data) and maps are normalised. Returns ``(C, n, n)`` complex64.
     """
-    from sigpy.mri.app import EspiritCalib
+    from scripts.core.espirit import calib_box, espirit_calib
 
     kspace = _lowres_kspace(kspace, size)
     if min(kspace.shape[-2:]) < calib_width:
         raise ValueError(f"k-space {kspace.shape[-2:]} is smaller than the calibration width {calib_width}")
-    maps = EspiritCalib(kspace, calib_width=calib_width, thresh=thresh, kernel_width=kernel_width, crop=crop,
-                        max_iter=max_iter, show_pbar=False).run()
-    maps = np.asarray(maps, dtype=np.complex64)
+    maps = espirit_calib(kspace, calib_box(kspace.shape, calib_width), kernel_width, thresh, crop, max_iter)
     if fill:
         maps = _smooth_fill(maps, sigma=min(maps.shape[-2:]) / 8.0)
     n = min(maps.shape[-2:])
@@ -436,23 +435,6 @@ def _bank_slices(n: int, per_file: int) -> list[int]:
     if n <= per_file:
         return list(range(n))
     return sorted({int(round(v)) for v in np.linspace(0.25 * (n - 1), 0.75 * (n - 1), per_file)})
-
-
-def _savez_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the bank is shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_bank(path: str | os.PathLike) -> tuple[dict[int, np.ndarray], dict[int, list[str]], dict]:
@@ -508,7 +490,7 @@ def build_espirit_bank(reference, bank_file: str | os.PathLike, *, size: int = 6
     for c, items in sorted(groups.items()):
         arrays[f"maps_{c}"] = np.stack([m for _, m in items])
         arrays[f"entries_{c}"] = np.array([e for e, _ in items])
-    _savez_atomic(bank_file, arrays)
+    save_npz(bank_file, arrays)
     return bank_file
 
 

@@ -18,6 +18,10 @@ k-space: ``(1, W)`` for the column masks, ``(H, W)`` for Poisson. :func:`to_varn
 gives the shape MONAI's VarNet wants: ``(1, 1, 1, W, 1)`` or ``(1, 1, H, W, 1)`` (see
 ``scripts.recon.varnet.ACSCoilSensitivityModel`` for why the 2-D one needs a small subclass).
 
+The prior-regularised reconstruction names its patterns by calibration lines instead of a centre
+fraction (:func:`pattern_mask`: ``"equispaced1d"`` R = 5 and ``"poisson"`` R = 8, the published 30
+lines of 256 scaled to the image, :func:`default_calib_lines`), made by the same :func:`make_mask`.
+
 Determinism: every mask is a pure function of ``seed``. :func:`fixed_mask_seed` turns
 ``(seed, file name, slice, R)`` into a seed, so an evaluation gives every model the same
 mask for the same slice and acceleration, whichever order the slices are visited in.
@@ -35,14 +39,17 @@ import torch
 __all__ = [
     "DEFAULT_ACCELERATIONS",
     "DEFAULT_CENTER_FRACTION",
+    "MASK_PATTERNS",
     "MASK_TYPES",
     "MaskSampler",
     "acs_bounds",
     "acs_size",
     "column_mask",
+    "default_calib_lines",
     "effective_acceleration",
     "fixed_mask_seed",
     "make_mask",
+    "pattern_mask",
     "poisson_mask",
     "to_varnet_mask",
 ]
@@ -50,6 +57,9 @@ __all__ = [
 MASK_TYPES = ("equispaced", "random", "poisson")
 DEFAULT_ACCELERATIONS = (4, 6, 8, 10)
 DEFAULT_CENTER_FRACTION = 0.04
+MASK_PATTERNS = ("equispaced1d", "poisson")  # the prior-regularised reconstruction's names (:func:`pattern_mask`)
+PATTERN_ACCELERATION = {"equispaced1d": 5.0, "poisson": 8.0}
+PUBLISHED_CALIB_LINES, PUBLISHED_SIZE = 30, 256  # 30 calibration lines of 256 in the published 1-D R=5 pattern
 
 
 def fixed_mask_seed(seed: int, *key: object) -> int:
@@ -59,12 +69,21 @@ def fixed_mask_seed(seed: int, *key: object) -> int:
 
 
 def column_mask(kind: str, num_cols: int, acceleration: float, center_fraction: float, seed: int) -> np.ndarray:
-    """A 1-D column mask ``(num_cols,)`` bool, made by MONAI's equispaced/random k-space mask transform."""
+    """A 1-D column mask ``(num_cols,)`` bool, made by MONAI's equispaced/random k-space mask transform.
+
+    When the ``round(W * center_fraction)`` centre columns alone reach the acceleration, the mask is just
+    those columns (MONAI's equispaced mask divides by zero there; its random mask gives the same).
+    """
     from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask, RandomKspaceMask
 
     cls = {"equispaced": EquispacedKspaceMask, "random": RandomKspaceMask}[kind]
     if acceleration <= 1:
         return np.ones(num_cols, dtype=bool)
+    num_low = int(round(num_cols * center_fraction))
+    if num_low * float(acceleration) >= num_cols:
+        mask = np.zeros(num_cols, dtype=bool)
+        mask[(num_cols - num_low + 1) // 2 : (num_cols - num_low + 1) // 2 + num_low] = True
+        return mask
     transform = cls(center_fractions=[center_fraction], accelerations=[acceleration], spatial_dims=2, is_complex=True)
     transform.set_random_state(seed=int(seed) % (2**32))
     # The transform under-samples whatever it is given; a (1, 1, W, 2) dummy keeps that cheap.
@@ -170,6 +189,31 @@ def _cached_mask(mask_type: str, height: int, width: int, acceleration: float, c
         mask = column_mask(mask_type, width, acceleration, center_fraction, seed)[None, :]
     mask.setflags(write=False)
     return mask
+
+
+def default_calib_lines(size: int) -> int:
+    """The published 30 calibration lines of 256, scaled to ``size`` (64 px: 8 lines, 32 px: 4), at least 4."""
+    return max(4, int(round(PUBLISHED_CALIB_LINES * int(size) / PUBLISHED_SIZE)))
+
+
+def pattern_mask(pattern: str, shape: Sequence[int], acceleration: float | None = None, calib_lines: int | None = None,
+                 seed: int = 0) -> np.ndarray:
+    """A mask of the prior-regularised reconstruction, ``(H, W)`` float32 (1 = sampled), by :func:`make_mask`.
+
+    ``"equispaced1d"``: ``"equispaced"`` columns with ``calib_lines`` fully sampled centre columns (default
+    R = 5); ``"poisson"``: a ``calib x calib`` centre box (scaled with the aspect ratio; default R = 8).
+    ``calib_lines`` defaults to :func:`default_calib_lines` of the shorter side.
+    """
+    if pattern not in MASK_PATTERNS:
+        raise ValueError(f"mask must be one of {MASK_PATTERNS}, got {pattern!r}")
+    h, w = (int(s) for s in shape[-2:])
+    r = PATTERN_ACCELERATION[pattern] if acceleration is None else float(acceleration)
+    if pattern == "equispaced1d":
+        n_low = default_calib_lines(w) if calib_lines is None else int(calib_lines)
+        cols = make_mask("equispaced", (h, w), r, n_low / w, int(seed))
+        return np.broadcast_to(cols.astype(np.float32), (h, w)).copy()
+    c = default_calib_lines(min(h, w)) if calib_lines is None else int(calib_lines)
+    return make_mask("poisson", (h, w), r, c / min(h, w), int(seed)).astype(np.float32)
 
 
 def to_varnet_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:

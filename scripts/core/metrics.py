@@ -10,12 +10,13 @@ All functions take real magnitude images (RSS, centre-cropped by the caller or w
   K2 = 0.03, sample covariance), data_range = volume max; a volume's SSIM is the mean over
   its slices (fastMRI ``evaluate.py``).
 
-:func:`slice_metrics` / :func:`volume_metrics` give both levels for one volume.
+:func:`slice_metrics` (one slice; complex images are compared as magnitudes; pass the volume max as
+``data_range``) and :func:`volume_metrics` give both levels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 __all__ = [
     "METRICS",
     "bootstrap_ci",
+    "interval_table",
     "center_crop",
     "nmse",
     "psnr",
@@ -86,14 +88,12 @@ def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> f
     raise ValueError(f"ssim takes (H, W) or (S, H, W), got {gt.shape}")
 
 
-def slice_metrics(gt_volume: np.ndarray, pred_volume: np.ndarray) -> list[dict[str, float]]:
-    """Per-slice NMSE, PSNR and SSIM of one volume ``(S, H, W)``; PSNR and SSIM use the volume max."""
-    gt_volume, pred_volume = _pair(gt_volume, pred_volume)
-    data_range = float(gt_volume.max())
-    return [
-        {"nmse": nmse(g, p), "psnr": psnr(g, p, data_range), "ssim": ssim(g, p, data_range)}
-        for g, p in zip(gt_volume, pred_volume)
-    ]
+def slice_metrics(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> dict[str, float]:
+    """NMSE, PSNR and SSIM of one slice ``(H, W)``, ground truth first; complex inputs are compared as
+    magnitudes. ``data_range`` defaults to ``gt``'s max; fastMRI uses the ground-truth VOLUME's max."""
+    gt, pred = _pair(*(np.abs(x) if np.iscomplexobj(x) else x for x in (gt, pred)))
+    data_range = float(gt.max()) if data_range is None else float(data_range)
+    return {"nmse": nmse(gt, pred), "psnr": psnr(gt, pred, data_range), "ssim": ssim(gt, pred, data_range)}
 
 
 def volume_metrics(gt_volume: np.ndarray, pred_volume: np.ndarray) -> dict[str, float]:
@@ -151,3 +151,24 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1.0 - alpha])
     return point, float(low), float(high)
+
+
+def interval_table(rows: Sequence[Mapping[str, Any]], by: Sequence[str], metrics: Sequence[str] = METRICS,
+                   group: str = "volume", n_bootstrap: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per distinct value of the ``by`` columns of ``rows`` (first-seen order): ``slices`` (rows),
+    ``volumes`` (distinct ``group`` labels, e.g. subjects) and, per metric, the mean over the rows with
+    a 95 % interval that resamples groups (:func:`bootstrap_ci` with ``groups``): ``<m>_slice_mean``,
+    ``<m>_ci_low``, ``<m>_ci_high``. Slices of one volume are correlated, so a slice bootstrap would
+    be too narrow; with one volume the interval collapses to the mean."""
+    table: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        table.setdefault(tuple(r.get(k, "") for k in by), []).append(r)
+    out = []
+    for key, sel in table.items():
+        labels = [r[group] for r in sel]
+        row: dict[str, Any] = {**dict(zip(by, key)), "slices": len(sel), "volumes": len(set(labels))}
+        for m in metrics:
+            mean, low, high = bootstrap_ci([r[m] for r in sel], n=n_bootstrap, seed=seed, groups=labels)
+            row.update({f"{m}_slice_mean": mean, f"{m}_ci_low": low, f"{m}_ci_high": high})
+        out.append(row)
+    return out

@@ -23,10 +23,10 @@ What a complex MR image's phase is made of, and the small functions that build e
 
 Susceptibility values are tabulated in :data:`CHI_PPM` (relative to water) and mixed from
 tissue fractions by :func:`susceptibility_map`. For a magnitude-only image,
-:func:`segment_head` gives tissue/air masks and :func:`slab_from_mask` turns a 2-D head
-mask into a rounded 3-D slab, so that the dipole field of a single slice has the
-structure of a finite head (a 2-D mask extruded to infinity along B0 has a constant field
-inside). All phases are computed with ``np.angle``/``atan2``-style functions, never
+:func:`head_mask` finds the head, :func:`segment_head` gives tissue/air masks and
+:func:`slab_from_mask` turns a 2-D head mask into a rounded 3-D slab, so that the dipole
+field of a single slice has the structure of a finite head (a 2-D mask extruded to infinity
+along B0 has a constant field inside). All phases are computed with ``np.angle``/``atan2``-style functions, never
 ``arctan(imag/real)``.
 """
 
@@ -48,6 +48,7 @@ __all__ = [
     "dipole_kernel",
     "fat_signal_factor",
     "field_from_susceptibility",
+    "head_mask",
     "local_field",
     "polynomial_basis",
     "rf_phase",
@@ -318,17 +319,40 @@ def susceptibility_map(
     return out
 
 
+def head_mask(magnitude: np.ndarray, threshold: float = 0.08, opening: int = 2) -> np.ndarray:
+    """Boolean head mask of a 2-D magnitude image (also the mask every phase statistic of
+    :mod:`scripts.phase.metrics` is taken in).
+
+    Pixels above ``threshold`` times the 99th percentile of the image; holes filled (dark
+    skull, CSF, sinuses inside a closed scalp ring); opened with an ``opening``-pixel
+    cross (removes isolated noise); the largest connected component kept; holes filled
+    again.
+    """
+    mag = np.abs(np.asarray(magnitude, dtype=np.float64))
+    if mag.ndim != 2:
+        raise ValueError(f"head_mask expects a 2-D image, got shape {mag.shape}")
+    ref = np.percentile(mag, 99)
+    if not ref > 0:
+        return np.zeros(mag.shape, dtype=bool)
+    m = ndi.binary_fill_holes(mag > threshold * ref)
+    if opening > 0:
+        m = ndi.binary_opening(m, iterations=opening)
+    lab, n = ndi.label(m)
+    if n == 0:
+        return m
+    sizes = np.bincount(lab.ravel())[1:]
+    m = lab == (1 + int(np.argmax(sizes)))
+    return ndi.binary_fill_holes(m)
+
+
 def segment_head(magnitude: np.ndarray, threshold: float = 0.08) -> dict[str, np.ndarray]:
     """Tissue/air masks of a 2-D magnitude image (for the physics phase baseline).
 
-    Returns boolean arrays: ``head`` (the head, holes filled: see
-    :func:`scripts.phase.metrics.head_mask`), ``air`` (its complement), ``tissue``
-    (bright pixels inside the head) and ``dark`` (dark pixels inside the head: bone, CSF in
-    T1w, internal air or flow voids -- ambiguous in a magnitude image, so left for the
-    caller to assign a susceptibility).
+    Returns boolean arrays: ``head`` (the head, holes filled: see :func:`head_mask`),
+    ``air`` (its complement), ``tissue`` (bright pixels inside the head) and ``dark``
+    (dark pixels inside the head: bone, CSF in T1w, internal air or flow voids --
+    ambiguous in a magnitude image, so left for the caller to assign a susceptibility).
     """
-    from scripts.phase.metrics import head_mask
-
     mag = np.abs(np.asarray(magnitude, dtype=np.float64))
     head = head_mask(mag, threshold=threshold)
     ref = np.percentile(mag[head], 99) if head.any() else 1.0

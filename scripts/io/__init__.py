@@ -1,1 +1,1 @@
-"""Files: fastMRI h5, magnitude images, real complex slices, atomic writes, checkpoints."""
+"""Files: fastMRI h5, magnitude images, real complex slices, atomic writes, CSV tables, checkpoints."""

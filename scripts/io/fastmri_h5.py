@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import h5py
 import numpy as np
 
 from scripts.core.fft import ifft2c
+from scripts.io.atomic import atomic_path
 
 __all__ = [
     "FastMRIFileError",
@@ -86,9 +86,10 @@ def write_fastmri(
 ) -> Path:
     """Write ``kspace`` ``(slices, coils, H, W)`` (or ``(slices, H, W)`` single-coil) atomically.
 
-    The file is written under a temporary name in the target folder, flushed, then renamed,
-    so a killed job never leaves a partial file under the final name. ``patient_id`` is
-    stored as :func:`anonymous_id` of the given value, never verbatim.
+    The file is written under a temporary name in the target folder, flushed, then renamed
+    (:func:`scripts.io.atomic.atomic_path`), so a killed job never leaves a partial file under
+    the final name. ``patient_id`` is stored as :func:`anonymous_id` of the given value, never
+    verbatim.
     """
     path = Path(path)
     kspace = np.asarray(kspace)
@@ -99,34 +100,19 @@ def write_fastmri(
     recon = rss(kspace) if multicoil else np.abs(ifft2c(kspace))
     recon = recon.astype(np.float32)
     height, width = kspace.shape[-2:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("kspace", data=kspace)
-            f.create_dataset("reconstruction_rss" if multicoil else "reconstruction_esc", data=recon)
-            f.create_dataset("ismrmrd_header", data=ismrmrd_header(height, width, kspace.shape[1] if multicoil else 1))
-            for key, value in (extra or {}).items():
-                f.create_dataset(key, data=value)
-            f.attrs["acquisition"] = acquisition
-            f.attrs["max"] = float(recon.max())
-            f.attrs["norm"] = float(np.linalg.norm(recon))
-            f.attrs["patient_id"] = anonymous_id(patient_id)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("kspace", data=kspace)
+        f.create_dataset("reconstruction_rss" if multicoil else "reconstruction_esc", data=recon)
+        f.create_dataset("ismrmrd_header", data=ismrmrd_header(height, width, kspace.shape[1] if multicoil else 1))
+        for key, value in (extra or {}).items():
+            f.create_dataset(key, data=value)
+        f.attrs["acquisition"] = acquisition
+        f.attrs["max"] = float(recon.max())
+        f.attrs["norm"] = float(np.linalg.norm(recon))
+        f.attrs["patient_id"] = anonymous_id(patient_id)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _open(path: str | os.PathLike) -> h5py.File:

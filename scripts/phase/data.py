@@ -13,7 +13,7 @@ Where the complex image comes from (``complex_source="auto"``, first that applie
 2. single-coil ``kspace`` ``(slices, H, W)``: its centred inverse FFT.
 3. multi-coil ``kspace`` ``(slices, C, H, W)`` (real fastMRI data): sensitivity-weighted coil
    combination ``x = sum_c conj(S_c) y_c / sum_c |S_c|^2`` with ESPIRiT maps
-   (``sigpy.mri.app.EspiritCalib``, calibration from the fully sampled centre). The maps
+   (:mod:`scripts.core.espirit`, calibration from the fully sampled centre). The maps
    are computed with ``crop=0`` so they cover the whole FOV: the background then keeps its
    noise (random phase), which the model must learn to reproduce; with the usual crop the
    background would be exactly 0 and its phase undefined. ESPIRiT fixes the arbitrary
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -50,7 +49,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from scripts.phase.diffusion import complex_to_phasor
+from scripts.core.complex import complex_to_phasor
+from scripts.io.atomic import save_npy
 from scripts.io.fastmri_h5 import FastMRIFileError, anonymous_id, num_slices, read_slice
 
 __all__ = [
@@ -184,13 +184,12 @@ def coil_combine(coil_images: np.ndarray, maps: np.ndarray, eps: float = 1e-12) 
 
 
 def espirit_combine(kspace: np.ndarray, calib_width: int = 24, thresh: float = 0.02, kernel_width: int = 6) -> np.ndarray:
-    """Complex image of centred multi-coil k-space ``(C, H, W)`` with ESPIRiT maps (``crop=0``)."""
-    from sigpy.mri.app import EspiritCalib
+    """Complex image of centred multi-coil k-space ``(C, H, W)`` with ESPIRiT maps (``crop=0``) from the
+    centred ``calib_width`` square (at most the image; :func:`scripts.core.espirit.espirit_calib`)."""
+    from scripts.core.espirit import calib_box, espirit_calib
 
     kspace = np.asarray(kspace, dtype=np.complex64)
-    calib_width = int(min(calib_width, *kspace.shape[-2:]))
-    maps = EspiritCalib(kspace, calib_width=calib_width, thresh=thresh, kernel_width=kernel_width,
-                        crop=0.0, show_pbar=False).run()
+    maps = espirit_calib(kspace, calib_box(kspace.shape, calib_width), kernel_width, thresh, crop=0.0)
     images = sigpy.ifft(kspace, axes=(-2, -1), center=True, norm="ortho")
     return coil_combine(images, np.asarray(maps))
 
@@ -199,18 +198,6 @@ def _cache_path(cache_dir: str, path: str, index: int, params: tuple) -> str:
     st = os.stat(path)
     key = anonymous_id(os.path.abspath(path), st.st_size, st.st_mtime_ns, index, *params)
     return os.path.join(cache_dir, f"{key}.npy")
-
-
-def _save_atomic(path: str, array: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def complex_slice(
@@ -251,7 +238,7 @@ def complex_slice(
             pass
     image = espirit_combine(kspace, **params)
     if cache:
-        _save_atomic(cache, image)
+        save_npy(cache, image)
     return image
 
 

@@ -8,7 +8,9 @@ Phase representation
     range the DDPM/DDIM ``clip_sample`` assumes), and its angle is recovered with
     ``atan2`` whatever length the sampled vector has, so wrapping is honest. Phase is
     always returned in (-pi, pi]: ``atan2`` can return exactly -pi (for a -0.0 sine), which
-    :func:`wrap_phase` maps to +pi.
+    :func:`scripts.core.complex.wrap_phase` maps to +pi. The representation's helpers
+    (phasor, :func:`~scripts.core.complex.apply_phase`, circular variance) live in
+    :mod:`scripts.core.complex`.
 
 Conditioning
     Concatenation: the normalised magnitude (:func:`scripts.core.intensity.normalize_magnitude`)
@@ -32,18 +34,16 @@ Schedulers
 TorchScript
     ``monai.networks.nets.DiffusionModelUNet`` cannot be TorchScripted (the model zoo
     excludes diffusion bundles from ``ckpt_export``); the bundle ships eager weights only
-    (``models/model.pt``, a plain state dict loaded with ``torch.load(..., weights_only=True)``).
+    (``models/model.pt``, a plain state dict loaded with ``torch.load(..., weights_only=True)``
+    by :func:`scripts.io.checkpoint.load_weights`).
 """
 
 from __future__ import annotations
 
-import math
-import os
 import zlib
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
@@ -52,97 +52,18 @@ from monai.inferers import Inferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 from monai.transforms import MapTransform
 
+from scripts.core.complex import apply_phase, circular_variance, phasor_to_phase
+from scripts.io.checkpoint import unwrap
+
 __all__ = [
     "PHASOR_CHANNELS",
     "PhasePrepareBatch",
     "PhaseSamplingInferer",
     "PhaseToComplexd",
-    "RNGState",
-    "apply_phase",
-    "circular_variance",
-    "complex_to_phasor",
-    "latest_checkpoint",
-    "load_weights",
-    "phasor_to_phase",
     "unet_divisor",
-    "wrap_phase",
 ]
 
-PHASOR_CHANNELS = 2
-_EDGE = 1e-6  # |imag| / |real| below which a value on the negative real axis is put at +pi
-
-
-# --------------------------------------------------------------------------------------
-# phase representation
-# --------------------------------------------------------------------------------------
-def complex_to_phasor(z: np.ndarray | torch.Tensor, dim: int = 0) -> np.ndarray | torch.Tensor:
-    """Unit phasor ``(cos phi, sin phi)`` of a complex array, stacked at ``dim`` (float32).
-
-    A pixel that is exactly zero has no phase; it gets ``(1, 0)`` (``angle(0) == 0``).
-    """
-    if isinstance(z, torch.Tensor):
-        phi = torch.angle(z)
-        return torch.stack((torch.cos(phi), torch.sin(phi)), dim=dim).float()
-    phi = np.angle(z)
-    return np.stack((np.cos(phi), np.sin(phi)), axis=dim).astype(np.float32)
-
-
-def wrap_phase(phi: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """Map angles from ``atan2``'s [-pi, pi] to (-pi, pi] (only exact -pi moves)."""
-    if isinstance(phi, torch.Tensor):
-        return torch.where(phi <= -math.pi, phi + 2 * math.pi, phi)
-    return np.where(phi <= -np.pi, phi + 2 * np.pi, phi).astype(np.asarray(phi).dtype, copy=False)
-
-
-def phasor_to_phase(p: np.ndarray | torch.Tensor, dim: int = -3) -> np.ndarray | torch.Tensor:
-    """Phase in (-pi, pi] of a 2-channel phasor (any length), channels at ``dim``."""
-    if isinstance(p, torch.Tensor):
-        c, s = p.select(dim, 0), p.select(dim, 1)
-        return wrap_phase(torch.atan2(s, c))
-    p = np.asarray(p)
-    c, s = np.take(p, 0, axis=dim), np.take(p, 1, axis=dim)
-    return wrap_phase(np.arctan2(s, c))
-
-
-def apply_phase(magnitude: np.ndarray | torch.Tensor, phase: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """``magnitude * exp(i * phase)`` as complex64, computed in float64 so ``|z| == magnitude``
-    to float32 rounding (about 1e-7 relative). Broadcasts (e.g. one magnitude, N phases).
-
-    A phase within float32 rounding of +-pi lands on the negative real axis, where the
-    float32 ``angle`` of the stored value can read -pi (or below -pi in float64); values
-    within ``1e-6`` rad below the axis get a +0.0 imaginary part, so ``angle(z)`` is always
-    in (-pi, pi] (there: exactly +pi; ``|z|`` unchanged to float32 rounding). A zero
-    magnitude gives ``+0+0j`` (angle 0), never a signed zero whose angle would be -pi.
-    """
-    if isinstance(magnitude, torch.Tensor) or isinstance(phase, torch.Tensor):
-        m = torch.as_tensor(magnitude).double()
-        ph = torch.as_tensor(phase, device=m.device).double()
-        m, ph = torch.broadcast_tensors(m, ph)
-        z = torch.polar(m, ph).to(torch.complex64)
-        edge = (z.real < 0) & (z.imag <= 0) & (z.imag.abs() <= _EDGE * z.real.abs())
-        if edge.any():
-            z = torch.where(edge, torch.complex(z.real, torch.zeros_like(z.real)), z)
-        return torch.where(m == 0, torch.zeros_like(z), z)  # +0+0j: angle 0, not atan2(-0, -0) = -pi
-    m = np.asarray(magnitude, dtype=np.float64)
-    z = (m * np.exp(1j * np.asarray(phase, dtype=np.float64))).astype(np.complex64)
-    edge = (z.real < 0) & (z.imag <= 0) & (np.abs(z.imag) <= _EDGE * np.abs(z.real))
-    if np.any(edge):
-        z = np.where(edge, z.real.astype(np.complex64), z)
-    return np.where(np.broadcast_to(m, z.shape) == 0, np.complex64(0), z).astype(np.complex64)
-
-
-def circular_variance(phase: np.ndarray | torch.Tensor, dim: int = 0) -> np.ndarray | torch.Tensor:
-    """Per-pixel phase spread across samples: ``1 - |mean_n exp(i phi_n)|`` in [0, 1].
-
-    0: all samples agree; 1: phases spread uniformly round the circle (or cancel exactly).
-    """
-    if isinstance(phase, torch.Tensor):
-        ph = phase.double()
-        r = torch.hypot(torch.cos(ph).mean(dim), torch.sin(ph).mean(dim))
-        return (1.0 - r).clamp_(0.0, 1.0).float()
-    ph = np.asarray(phase, dtype=np.float64)
-    r = np.hypot(np.cos(ph).mean(axis=dim), np.sin(ph).mean(axis=dim))
-    return np.clip(1.0 - r, 0.0, 1.0).astype(np.float32)
+PHASOR_CHANNELS = 2  # the representation: scripts.core.complex.complex_to_phasor / phasor_to_phase
 
 
 # --------------------------------------------------------------------------------------
@@ -230,13 +151,9 @@ class PhasePrepareBatch(DiffusionPrepareBatch):
 # --------------------------------------------------------------------------------------
 # sampling
 # --------------------------------------------------------------------------------------
-def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    return network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
-
-
 def unet_divisor(network: torch.nn.Module) -> int:
     """The factor H and W must be divisible by: ``2 ** (levels - 1)`` for a DiffusionModelUNet."""
-    channels = getattr(_unwrap(network), "block_out_channels", None)
+    channels = getattr(unwrap(network), "block_out_channels", None)
     return 2 ** (len(channels) - 1) if channels else 1
 
 
@@ -393,95 +310,3 @@ class PhaseToComplexd(MapTransform):
             d[self.complex_key] = apply_phase(magnitude, phase)
             d[self.spread_key] = circular_variance(phase, dim=0)[None]
         return d
-
-
-# --------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------
-def _checkpoint_iteration(path: str) -> int | None:
-    """The trainer iteration stored in a full checkpoint (``None`` if unreadable/partial)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a partial file from a killed job, or not a checkpoint
-        return None
-    trainer = ckpt.get("trainer") if isinstance(ckpt, dict) else None
-    if not isinstance(trainer, dict) or "iteration" not in trainer:
-        return None
-    return int(trainer["iteration"])
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
-    """The newest readable full-state checkpoint ``<prefix>*.pt`` in ``ckpt_dir``, or ``None``.
-
-    "Newest" is the highest trainer iteration stored inside; files that do not load (a
-    job killed while writing) are skipped, so resuming falls back to the previous one.
-    """
-    if not os.path.isdir(ckpt_dir):
-        return None
-    best, best_it = None, -1
-    for name in sorted(os.listdir(ckpt_dir)):
-        if not (name.startswith(prefix) and name.endswith(".pt")):
-            continue
-        path = os.path.join(ckpt_dir, name)
-        it = _checkpoint_iteration(path)
-        if it is not None and it > best_it:
-            best, best_it = path, it
-    return best
-
-
-class RNGState:
-    """The global random number generators as a checkpointable object (``state_dict``/``load_state_dict``).
-
-    Put it in the ``CheckpointSaver`` ``save_dict`` and the ``CheckpointLoader`` ``load_dict``
-    so a resumed run draws the same noise, timesteps and shuffles as an uninterrupted one
-    (exactly so when it resumes at an epoch boundary; Ignite does not restore a data
-    loader's position inside an epoch). Python ``random``, NumPy and torch (CPU and CUDA)
-    generators; stored as tensors and ints, so it loads with ``weights_only=True``. Under
-    DDP rank 0's state is saved; on loading, the other ranks reseed from it plus their rank.
-    """
-
-    def state_dict(self) -> dict:
-        import random
-
-        np_state = np.random.get_state()
-        py_state = random.getstate()
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]),
-            "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-            "python_version": int(py_state[0]),
-            "python_state": torch.tensor(py_state[1], dtype=torch.int64),
-            "python_gauss": py_state[2],
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state: Mapping) -> None:
-        import random
-
-        torch.set_rng_state(state["torch"].cpu())
-        keys = state["numpy_keys"].cpu().numpy().astype(np.uint32)
-        has_gauss, cached = state["numpy_gauss"]
-        np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), int(has_gauss), float(cached)))
-        random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python_state"].tolist()), state["python_gauss"]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank = torch.distributed.get_rank() if dist else 0
-        if rank:  # rank 0 saved the state: other ranks derive their own streams from it
-            seed = (int(torch.randint(0, 2**62, (1,)).item()) + 7919 * rank) % (2**63 - 1)
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
-    """Load ``models/model.pt`` (a plain state dict, or a checkpoint holding ``"model"``)
-    with ``torch.load(..., weights_only=True)``."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    _unwrap(network).load_state_dict(state)
-    return network

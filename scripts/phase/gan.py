@@ -311,7 +311,7 @@ class PhaseCoherence(Metric):
 
     ``output_transform`` (default :func:`coherence_inputs`) must give ``(pred_phasor,
     true_phasor, weight)`` as batched tensors (phasor channels first); ``w`` is the
-    magnitude. 1 = the same phase up to a constant offset (the DESIGN.md definition, as
+    magnitude. 1 = the same phase up to a constant offset (the definition of
     ``scripts.phase.metrics.phase_coherence``).
     """
 

@@ -1,4 +1,4 @@
-"""Phase-realism statistics (DESIGN.md, "Metrics"), shared by every phase source.
+"""Phase-realism statistics, shared by every phase source.
 
 Phase given magnitude is one-to-many, so pixel error to the true phase is a weak measure.
 These compare distributions instead:
@@ -13,7 +13,8 @@ These compare distributions instead:
   cycles/pixel so that images of different sizes share bins; the distance is the mean
   absolute difference of the two mean log10 spectra (decades).
 - :func:`phase_coherence`: |sum w exp(i(phi_hat - phi))| / sum w, w = |z| by default.
-- :func:`head_mask`: threshold + morphology; the mask every statistic is taken in.
+- :func:`scripts.core.physics.head_mask`: threshold + morphology; the mask every statistic
+  is taken in.
 
 Everything is plain numpy/scipy on 2-D complex arrays; lists may mix sizes.
 """
@@ -23,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.ndimage as ndi
 from scipy.stats import wasserstein_distance
 
+from scripts.core.physics import head_mask
+
 __all__ = [
-    "head_mask",
     "phase_coherence",
     "phase_gradient_distance",
     "pooled_phase_gradients",
@@ -35,31 +36,6 @@ __all__ = [
     "spectrum_distance",
     "wrapped_phase_gradients",
 ]
-
-
-def head_mask(magnitude: np.ndarray, threshold: float = 0.08, opening: int = 2) -> np.ndarray:
-    """Boolean head mask of a 2-D magnitude image.
-
-    Pixels above ``threshold`` times the 99th percentile of the image; holes filled (dark
-    skull, CSF, sinuses inside a closed scalp ring); opened with an ``opening``-pixel
-    cross (removes isolated noise); the largest connected component kept; holes filled
-    again.
-    """
-    mag = np.abs(np.asarray(magnitude, dtype=np.float64))
-    if mag.ndim != 2:
-        raise ValueError(f"head_mask expects a 2-D image, got shape {mag.shape}")
-    ref = np.percentile(mag, 99)
-    if not ref > 0:
-        return np.zeros(mag.shape, dtype=bool)
-    m = ndi.binary_fill_holes(mag > threshold * ref)
-    if opening > 0:
-        m = ndi.binary_opening(m, iterations=opening)
-    lab, n = ndi.label(m)
-    if n == 0:
-        return m
-    sizes = np.bincount(lab.ravel())[1:]
-    m = lab == (1 + int(np.argmax(sizes)))
-    return ndi.binary_fill_holes(m)
 
 
 def wrapped_phase_gradients(z: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

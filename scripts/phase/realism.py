@@ -1,4 +1,4 @@
-"""Phase realism of one phase source on paired complex test data (DESIGN.md, "Metrics").
+"""Phase realism of one phase source on paired complex test data (the metric definitions are in the README).
 
 For every slice of the test files (``image_complex``: the true complex image), the source
 gives a phase for the true magnitude; the synthetic image is ``|z| * exp(i * phase)`` on the
@@ -31,7 +31,7 @@ from scripts.phase.metrics import phase_coherence, phase_gradient_distance, spec
 from scripts.phase.sources import get_phase_source
 from scripts.phase.two_sample import classifier_two_sample_test
 
-__all__ = ["load_test_images", "phase_realism"]
+__all__ = ["load_test_images", "phase_realism", "score_realism"]
 
 
 def load_test_images(test_dir: str | os.PathLike, max_slices: int | None = None) -> list[np.ndarray]:
@@ -47,6 +47,23 @@ def load_test_images(test_dir: str | os.PathLike, max_slices: int | None = None)
     volumes = [np.stack([read_slice(paths[k], int(i), ("image_complex",))["image_complex"] for i in keep[owner == k] - first[k]])
                for k in np.unique(owner)]  # only the kept slices are read
     return [np.stack([s / magnitude_reference(np.abs(s)) for s in v]) for v in volumes]
+
+
+def score_realism(reference, synthetic, seed: int = 0, classifier: Mapping[str, Any] | None = None,
+                  min_classifier: int = 0) -> dict[str, float]:
+    """Distances between two lists of complex images, synthetic vs reference (see the module docstring):
+    ``gradient_distance``, ``spectrum_distance`` (inside head masks; NaN when the masks hold no pixel) and
+    the classifier ``auroc`` (NaN with fewer than ``min_classifier`` reference images)."""
+    try:
+        gradient = float(phase_gradient_distance(reference, synthetic))
+        spectrum = float(spectrum_distance(reference, synthetic))
+    except ValueError:
+        gradient = spectrum = float("nan")
+    auroc = float("nan")
+    if len(reference) >= min_classifier:
+        auroc = float(classifier_two_sample_test(reference, synthetic, seed=seed, **dict(classifier or {}))["auroc"])
+    return {"n_reference": len(reference), "n_synthetic": len(synthetic), "gradient_distance": gradient,
+            "spectrum_distance": spectrum, "auroc": auroc}
 
 
 def phase_realism(
@@ -69,15 +86,7 @@ def phase_realism(
     synth_slices = [s for v in synth for s in v]
     coherence = [phase_coherence(zs, zr) for zs, zr in zip(synth_slices, real_slices)]
     mean, low, high = bootstrap_ci(coherence, seed=seed, groups=[v for v, volume in enumerate(truth) for _ in volume])
-    test = classifier_two_sample_test(real_slices, synth_slices, seed=seed, **dict(classifier or {}))
-    return {
-        "source": source,
-        "slices": len(real_slices),
-        "volumes": len(truth),
-        "coherence": mean,
-        "coherence_ci_low": low,
-        "coherence_ci_high": high,
-        "gradient_distance": float(phase_gradient_distance(real_slices, synth_slices)),
-        "spectrum_distance": float(spectrum_distance(real_slices, synth_slices)),
-        "auroc": float(test["auroc"]),
-    }
+    scores = score_realism(real_slices, synth_slices, seed=seed, classifier=classifier)
+    return {"source": source, "slices": len(real_slices), "volumes": len(truth), "coherence": mean,
+            "coherence_ci_low": low, "coherence_ci_high": high,
+            **{k: scores[k] for k in ("gradient_distance", "spectrum_distance", "auroc")}}

@@ -21,19 +21,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["PhaseSource", "PHASE_SOURCES", "get_phase_source", "register_phase_source", "wrap_phase"]
+from scripts.core.complex import wrap_phase
 
-
-def wrap_phase(phase: np.ndarray) -> np.ndarray:
-    """Wrap any real phase to ``(-pi, pi]`` (through the phasor, so the wrap is exact), float32.
-
-    The interval is taken in float32: float32(pi) is the largest value and a value that
-    rounds to -float32(pi) becomes +float32(pi).
-    """
-    wrapped = np.angle(np.exp(1j * np.asarray(phase, dtype=np.float64))).astype(np.float32)
-    pi32 = np.float32(np.pi)
-    wrapped[wrapped <= -pi32] = pi32
-    return wrapped
+__all__ = ["PhaseSource", "PHASE_SOURCES", "get_phase_source", "register_phase_source"]
 
 
 @runtime_checkable
@@ -81,7 +71,7 @@ class GroundTruthPhase:
         magnitude = _check(magnitude)
         if reference is None or np.shape(reference) != magnitude.shape:
             raise ValueError("ground_truth phase needs the complex reference image of the same shape")
-        return wrap_phase(np.angle(reference))
+        return wrap_phase(np.angle(reference), np.float32)
 
 
 @register_phase_source("zero")
@@ -98,7 +88,7 @@ class UniformPhase:
 
     def __call__(self, magnitude, seed, reference=None):
         shape = _check(magnitude).shape
-        return wrap_phase(np.random.default_rng(seed).uniform(-np.pi, np.pi, shape))
+        return wrap_phase(np.random.default_rng(seed).uniform(-np.pi, np.pi, shape), np.float32)
 
 
 @register_phase_source("gaussian")
@@ -110,7 +100,7 @@ class GaussianPhase:
 
     def __call__(self, magnitude, seed, reference=None):
         shape = _check(magnitude).shape
-        return wrap_phase(np.random.default_rng(seed).normal(0.0, self.sigma, shape))
+        return wrap_phase(np.random.default_rng(seed).normal(0.0, self.sigma, shape), np.float32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,7 +176,7 @@ class SmoothPhase:
     def __call__(self, magnitude, seed, reference=None):
         magnitude = _check(magnitude)
         rng = np.random.default_rng(seed)
-        return wrap_phase(np.stack([self.one(m.shape, rng) for m in magnitude]))
+        return wrap_phase(np.stack([self.one(m.shape, rng) for m in magnitude]), np.float32)
 
 
 @register_phase_source("sinusoidal")
@@ -228,7 +218,7 @@ class SinusoidalPhase:
     def __call__(self, magnitude, seed, reference=None):
         magnitude = _check(magnitude)
         rng = np.random.default_rng(seed)
-        return wrap_phase(np.stack([self.one(m, rng) for m in magnitude]))
+        return wrap_phase(np.stack([self.one(m, rng) for m in magnitude]), np.float32)
 
 
 @register_phase_source("physics")
@@ -342,7 +332,7 @@ class PhysicsPhase:
     def __call__(self, magnitude, seed, reference=None):
         magnitude = _check(magnitude)
         rng = np.random.default_rng(seed)
-        return wrap_phase(np.stack([self.one(m, rng) for m in magnitude]))
+        return wrap_phase(np.stack([self.one(m, rng) for m in magnitude]), np.float32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -405,7 +395,7 @@ class _NetworkSource:
                 batch_seed = int(np.random.SeedSequence([int(seed), start]).generate_state(1)[0])
                 batch = x[start : start + self.batch_size].to(self.device)
                 out.append(self._phase_batch(batch, batch_seed).float().cpu().numpy())
-        return wrap_phase(np.concatenate(out)) if out else np.zeros(magnitude.shape, np.float32)
+        return wrap_phase(np.concatenate(out), np.float32) if out else np.zeros(magnitude.shape, np.float32)
 
 
 @register_phase_source("diffusion")
@@ -431,27 +421,21 @@ class DiffusionPhase(_NetworkSource):
     """
 
     def __init__(self, checkpoint: str | None = None, network=None, scheduler=None, num_inference_steps: int | None = None,
-                 batch_size: int = 8, device=None, config_file: str | None = None,
+                 batch_size: int = 8, device=None, config_file: str = "common.json",
                  network_overrides: dict | None = None) -> None:
         super().__init__(device, batch_size)
-        from scripts.phase.diffusion import PhaseSamplingInferer, load_weights
+        from scripts.configs import parsed
+        from scripts.io.checkpoint import load_weights
+        from scripts.phase.diffusion import PhaseSamplingInferer
 
-        parser = None
-        if network is None or scheduler is None or isinstance(scheduler, str):
-            from monai.bundle import ConfigParser
-
-            parser = ConfigParser()
-            parser.read_config(str(config_file or _bundle_root() / "configs" / "common.json"))
-            parser["bundle_root"] = str(_bundle_root())
-            for key, value in (network_overrides or {}).items():
-                parser[key] = value
+        overrides = dict(network_overrides or {})
         if network is None:
-            network = parser.get_parsed_content("network_def", instantiate=True)
+            network = parsed(config_file, "network_def", **overrides)
         if scheduler is None or isinstance(scheduler, str):
-            name = scheduler or parser.get_parsed_content("sampler_type")
+            name = scheduler or parsed(config_file, "sampler_type", **overrides)
             if num_inference_steps is None and scheduler is None:
-                num_inference_steps = int(parser.get_parsed_content("num_inference_steps"))
-            scheduler = parser.get_parsed_content(f"schedulers#{name}", instantiate=True)
+                num_inference_steps = int(parsed(config_file, "num_inference_steps", **overrides))
+            scheduler = parsed(config_file, f"schedulers#{name}", **overrides)
         self.network = load_weights(network, _checkpoint(checkpoint, "models/model.pt"), map_location="cpu").to(self.device).eval()
         self.inferer = PhaseSamplingInferer(scheduler, num_inference_steps=num_inference_steps, num_samples=1,
                                             seed=None, output="phase", sample_batch_size=self.batch_size)

@@ -1,4 +1,4 @@
-"""Classifier two-sample test for complex images (DESIGN.md, "Metrics": real-vs-synthetic AUROC).
+"""Classifier two-sample test for complex images: the real-vs-synthetic AUROC.
 
 A small CNN is trained to tell real complex images from synthetic ones; its AUROC on images it
 did not train on measures how distinguishable the two sets are: 0.5 = indistinguishable,

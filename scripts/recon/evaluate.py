@@ -13,8 +13,8 @@ Methods:
 - ``varnet``: the trained network (:func:`scripts.recon.varnet.load_varnet`);
 - ``zero_filled``: RSS of the inverse FFT of the masked k-space;
 - ``l1_wavelet`` (NaN rows, with a warning, where the ACS is too small for ESPIRiT, e.g.
-  one column at 32 px and centre fraction 0.04): :class:`sigpy.mri.app.L1WaveletRecon` (Daubechies-4 wavelets, ``lamda`` from
-  the config) with ESPIRiT maps from :class:`sigpy.mri.app.EspiritCalib` on the fully
+  one column at 32 px and centre fraction 0.04): :func:`scripts.recon.l1.l1_wavelet_recon` (Daubechies-4 wavelets, ``lamda`` from
+  the config) with ESPIRiT maps (:func:`acs_espirit_maps`) on the fully
   sampled centre (ACS) of the same masked k-space; its image is shown as the RSS of the
   coil images ``S_c x`` so it is comparable with the RSS ground truth. The k-space is
   divided by the same per-slice factor as the VarNet input (max of the zero-filled RSS),
@@ -27,7 +27,6 @@ bootstrap over volumes), written by :func:`evaluate_varnet`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -39,19 +38,19 @@ import numpy as np
 import torch
 
 from scripts.io.fastmri_h5 import num_slices, read_slice
-from scripts.core.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, MaskSampler, acs_bounds, effective_acceleration
-from scripts.core.metrics import METRICS, bootstrap_ci, center_crop, slice_metrics, volume_metrics
+from scripts.io.tables import write_csv
+from scripts.core.espirit import acs_box, espirit_calib
+from scripts.core.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, MaskSampler, effective_acceleration
+from scripts.core.metrics import METRICS, center_crop, interval_table, slice_metrics, volume_metrics
+from scripts.recon.l1 import l1_wavelet_recon
 from scripts.recon.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct
 
 __all__ = [
     "DEFAULT_METHODS",
-    "ACSEspiritCalib",
-    "espirit_maps",
+    "acs_espirit_maps",
     "evaluate_varnet",
     "format_summary",
-    "l1_wavelet_recon",
     "summarize",
-    "write_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,58 +58,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_METHODS = ("varnet", "zero_filled", "l1_wavelet")
 
 
-class ACSEspiritCalib:
-    """Factory for :class:`sigpy.mri.app.EspiritCalib` calibrated on a rectangular ACS box.
-
-    sigpy's ``EspiritCalib`` takes the calibration data from a centred SQUARE of
-    ``calib_width``. A column mask's fully sampled region is all rows x a few centre columns
-    (10 columns at 256 and centre fraction 0.04): the square would be 10x10 and ESPIRiT then
-    finds no eigenvalue above its crop threshold (all-zero maps, NaN reconstructions; seen on
-    the real 4-coil slices). :func:`make` builds the app exactly as sigpy does (same SVD,
-    kernels, power iteration and eigenvalue crop in ``EspiritCalib._output``) but from the
-    ``(rows, columns)`` box of :func:`scripts.core.masks.acs_bounds`, with a kernel of at most half
-    the box side in each direction.
-    """
-
-    @staticmethod
-    def make(ksp, box, kernel_width=6, thresh=0.02, crop=0.95, max_iter=100, show_pbar=False):
-        import sigpy as sp
-        import sigpy.mri
-
-        top, bottom, left, right = box
-        app = sigpy.mri.app.EspiritCalib.__new__(sigpy.mri.app.EspiritCalib)
-        app.device = sp.Device(sp.cpu_device)
-        app.output_eigenvalue = False
-        app.crop = crop
-        xp = np
-        img_ndim = ksp.ndim - 1
-        num_coils = len(ksp)
-        calib = ksp[:, top:bottom, left:right]
-        kw = [int(max(2, min(kernel_width, n // 2))) for n in calib.shape[1:]]
-        mat = sp.array_to_blocks(calib, kw, [1] * img_ndim)
-        mat = mat.reshape([num_coils, -1, kw[0] * kw[1]]).transpose([1, 0, 2]).reshape([-1, num_coils * kw[0] * kw[1]])
-        _, sv, vh = xp.linalg.svd(mat, full_matrices=False)
-        vh = vh[sv > thresh * sv.max(), :]
-        kernels = vh.reshape([len(vh), num_coils] + kw)
-        img_shape = ksp.shape[1:]
-        aha = xp.zeros(img_shape[::-1] + (num_coils, num_coils), dtype=ksp.dtype)
-        for kernel in kernels:
-            img_kernel = sp.ifft(sp.resize(kernel, ksp.shape), axes=range(-img_ndim, 0))
-            a_h = xp.expand_dims(img_kernel.T, axis=-1)
-            aha += a_h @ xp.conj(a_h.swapaxes(-1, -2))
-        aha *= sp.prod(img_shape) / (kw[0] * kw[1])
-        app.mps = xp.ones(ksp.shape[::-1] + (1,), dtype=ksp.dtype)
-        alg = sp.alg.PowerMethod(
-            lambda x: aha @ x,
-            app.mps,
-            norm_func=lambda x: xp.sum(xp.abs(x) ** 2, axis=-2, keepdims=True) ** 0.5,
-            max_iter=max_iter,
-        )
-        sp.app.App.__init__(app, alg, show_pbar=show_pbar)
-        return app
-
-
-def espirit_maps(
+def acs_espirit_maps(
     masked_kspace: np.ndarray,
     mask: np.ndarray,
     kernel_width: int = 6,
@@ -118,59 +66,21 @@ def espirit_maps(
     crop: float = 0.95,
     max_iter: int = 100,
 ) -> np.ndarray:
-    """ESPIRiT maps ``(C, H, W)`` from the fully sampled centre of ``masked_kspace`` (sigpy ``EspiritCalib``).
+    """ESPIRiT maps ``(C, H, W)`` (:func:`scripts.core.espirit.espirit_calib`) from the fully sampled centre
+    of ``masked_kspace``: the ACS box of :func:`scripts.core.espirit.acs_box` (all rows x the centre
+    columns for a column mask, the centre box for a 2-D mask; a centred square would leave no
+    eigenvalue above the crop on the real 4-coil slices).
 
-    The calibration region is the ACS box of :func:`scripts.core.masks.acs_bounds` (all rows x the
-    centre columns for a column mask, the centre box for a 2-D mask); see :class:`ACSEspiritCalib`.
-    The kernel is ``kernel_width`` clipped to half the box side: on the real 4-coil MPRAGE
-    slice at R = 4 (10 ACS columns) a 6-wide kernel gave maps that made L1-wavelet diverge
-    (NMSE 0.68), 5 or 4 gave NMSE 0.017 / 0.013.
+    The kernel is ``kernel_width`` clipped to half the box side (at least 2) in each direction: on the
+    real 4-coil MPRAGE slice at R = 4 (10 ACS columns) a 6-wide kernel gave maps that made L1-wavelet
+    diverge (NMSE 0.68), 5 or 4 gave NMSE 0.017 / 0.013.
     """
     masked_kspace = np.asarray(masked_kspace, dtype=np.complex64)
-    m = np.asarray(mask, dtype=bool)
-    top, bottom, left, right = acs_bounds(m)
-    if m.reshape(-1, m.shape[-1]).shape[0] == 1:  # column mask: every row is sampled
-        top, bottom = 0, masked_kspace.shape[-2]
+    top, bottom, left, right = acs_box(mask, masked_kspace.shape)
     if min(bottom - top, right - left) < 2:
         raise ValueError(f"ACS box {bottom - top}x{right - left} is too small for ESPIRiT")
-    app = ACSEspiritCalib.make(masked_kspace, (top, bottom, left, right), kernel_width, thresh, crop, max_iter)
-    return np.asarray(app.run())
-
-
-def l1_wavelet_recon(
-    masked_kspace: np.ndarray,
-    mask: np.ndarray,
-    lamda: float = 0.005,
-    max_iter: int = 100,
-    maps: np.ndarray | None = None,
-    espirit: Mapping[str, Any] | None = None,
-) -> np.ndarray:
-    """L1-wavelet compressed sensing of one slice; returns the RSS of ``S_c x`` ``(H, W)`` (same units as the input)."""
-    import sigpy.mri
-
-    masked_kspace = np.asarray(masked_kspace, dtype=np.complex64)
-    if maps is None:
-        maps = espirit_maps(masked_kspace, mask, **dict(espirit or {}))
-    weights = np.broadcast_to(np.asarray(mask, dtype=np.float32), masked_kspace.shape[-2:]).copy()
-    image = sigpy.mri.app.L1WaveletRecon(
-        masked_kspace, maps, lamda=lamda, weights=weights, max_iter=max_iter, show_pbar=False
-    ).run()
-    coil_images = maps * np.asarray(image)[None]
-    return np.sqrt(np.sum(np.abs(coil_images) ** 2, axis=0)).astype(np.float32)
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Rows (dicts) to CSV; the columns are the union of the keys in first-seen order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    kw = [int(max(2, min(kernel_width, n // 2))) for n in (bottom - top, right - left)]
+    return espirit_calib(masked_kspace, (top, bottom, left, right), kw, thresh, crop, max_iter)
 
 
 def summarize(
@@ -179,24 +89,19 @@ def summarize(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Per (label, method, R): mean of the volume metrics (the fastMRI headline numbers), and the
-    mean over slices with a 95% CI that resamples volumes (``<metric>_slice_mean``, ``_ci_low``,
-    ``_ci_high``): slices of one volume are correlated, so a slice bootstrap would be too narrow;
-    with one volume the interval collapses to the mean (no interval)."""
-    keys: list[tuple] = []
+    """Per (label, method, R): the mean of the volume metrics (the fastMRI headline numbers, ``<metric>``)
+    and :func:`scripts.core.metrics.interval_table` of the slices (mean with a 95 % CI that resamples volumes)."""
+    by = ("label", "method", "acceleration")
+    volumes: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in volume_rows:
-        k = (r.get("label", ""), r["method"], r["acceleration"])
-        if k not in keys:
-            keys.append(k)
+        volumes.setdefault(tuple(r.get(k, "") for k in by), []).append(r)
+    slices = {tuple(r[k] for k in by): r for r in interval_table(slice_rows, by, METRICS, "file", n_bootstrap, seed)}
     out = []
-    for label, method, accel in keys:
-        vols = [r for r in volume_rows if (r.get("label", ""), r["method"], r["acceleration"]) == (label, method, accel)]
-        slices = [r for r in slice_rows if (r.get("label", ""), r["method"], r["acceleration"]) == (label, method, accel)]
-        row: dict[str, Any] = {"label": label, "method": method, "acceleration": accel, "volumes": len(vols), "slices": len(slices)}
+    for key, vols in volumes.items():
+        row = {**dict(zip(by, key)), "volumes": len(vols), "slices": slices[key]["slices"]}
         for m in METRICS:
             row[m] = float(np.mean([v[m] for v in vols]))
-            mean, low, high = bootstrap_ci([s[m] for s in slices], n=n_bootstrap, seed=seed, groups=[s["file"] for s in slices])
-            row.update({f"{m}_slice_mean": mean, f"{m}_ci_low": low, f"{m}_ci_high": high})
+            row.update({k: v for k, v in slices[key].items() if k.startswith(f"{m}_")})
         out.append(row)
     return out
 
@@ -260,7 +165,7 @@ def evaluate_varnet(
         network / varnet_kwargs: a ready network, or the architecture (default: ``varnet.json``
             beside the checkpoint).
         l1_lambda / l1_max_iter / espirit: L1-wavelet regularisation weight, iterations and
-            :func:`espirit_maps` kwargs.
+            :func:`acs_espirit_maps` kwargs.
         max_slices_per_volume: evaluate only the first N slices of each volume.
     Returns:
         ``{"slices": [...], "volumes": [...], "summary": [...]}``: lists of plain dict rows with
@@ -318,7 +223,10 @@ def evaluate_varnet(
                     scale = float(example["scale"])
                     masked = (kspace * mask).astype(np.complex64) / np.float32(scale)
                     try:
-                        image = center_crop(l1_wavelet_recon(masked, mask, lamda=l1_lambda, max_iter=l1_max_iter, espirit=espirit), gt.shape) * scale
+                        maps = acs_espirit_maps(masked, mask, **dict(espirit or {}))
+                        x = l1_wavelet_recon(masked, mask, maps, l1_lambda, l1_max_iter)
+                        image = np.sqrt(np.sum(np.abs(maps * x[None]) ** 2, axis=0)).astype(np.float32)  # RSS of S_c x
+                        image = center_crop(image, gt.shape) * scale
                     except ValueError as e:  # an ACS too small for ESPIRiT: NaN metrics, not a failed study
                         logger.warning("l1_wavelet skipped for %s slice %d at R=%g: %s", name, s, r, e)
                         image = np.full(gt.shape, np.nan, dtype=np.float32)
@@ -328,7 +236,9 @@ def evaluate_varnet(
         for (method, r), images in preds.items():
             pred_volume = np.stack(images)
             common = {"label": label, "method": method, "acceleration": r, "mask_type": mask_type, "center_fraction": center_fraction, "file": name}
-            for s, values in enumerate(slice_metrics(gt_volume, pred_volume)):
+            data_range = float(gt_volume.max())  # fastMRI: PSNR and SSIM of a slice use the volume max
+            for s, (g, p) in enumerate(zip(gt_volume, pred_volume)):
+                values = slice_metrics(g, p, data_range)
                 slice_rows.append({**common, "slice": s, "effective_acceleration": accels[(r, s)], **values})
             volume_rows.append({**common, "slices": count, **volume_metrics(gt_volume, pred_volume)})
         logger.info("evaluated %s (%d slices)", name, count)

@@ -45,11 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from monai.transforms import MapTransform
 
-from scripts.phase.diffusion import PhasePrepareBatch, PhaseSamplingInferer, load_weights, unet_divisor
+from scripts.phase.diffusion import PhasePrepareBatch, PhaseSamplingInferer, unet_divisor
+from scripts.core.complex import complex_to_channels
 from scripts.core.intensity import magnitude_reference
+from scripts.io.atomic import write_json
+from scripts.io.checkpoint import load_weights
 from scripts.phase.data import (
     _h5_files,
     center_crop_or_pad,
@@ -66,8 +69,6 @@ __all__ = [
     "LoadComplexSliced",
     "PriorPrepareBatch",
     "PriorSamplingInferer",
-    "channels_to_complex",
-    "complex_to_channels",
     "configure_scheduler",
     "load_prior",
     "normalize_complex",
@@ -84,24 +85,8 @@ COMPLEX_CHANNELS = 2
 
 
 # --------------------------------------------------------------------------------------
-# representation
+# representation (real/imaginary channels: scripts.core.complex.complex_to_channels)
 # --------------------------------------------------------------------------------------
-def complex_to_channels(z: np.ndarray | torch.Tensor, dim: int = 0) -> np.ndarray | torch.Tensor:
-    """Real and imaginary parts stacked at ``dim`` (float32)."""
-    if isinstance(z, torch.Tensor):
-        return torch.stack((z.real, z.imag), dim=dim).float()
-    z = np.asarray(z)
-    return np.stack((z.real, z.imag), axis=dim).astype(np.float32)
-
-
-def channels_to_complex(x: np.ndarray | torch.Tensor, dim: int = -3) -> np.ndarray | torch.Tensor:
-    """Inverse of :func:`complex_to_channels` (complex64)."""
-    if isinstance(x, torch.Tensor):
-        return torch.complex(x.select(dim, 0).float(), x.select(dim, 1).float())
-    x = np.asarray(x)
-    return (np.take(x, 0, axis=dim) + 1j * np.take(x, 1, axis=dim)).astype(np.complex64)
-
-
 def normalize_complex(z: np.ndarray, prior_data: str = "complex") -> tuple[np.ndarray, float]:
     """``(z / ref, ref)``, ``ref`` the 99.5th percentile of ``|z|``; ``|z| / ref`` for ``"magnitude"``."""
     if prior_data not in PRIOR_DATA:
@@ -253,12 +238,8 @@ def configure_scheduler(scheduler, clip: float | None = 2.0):
 def write_prior_card(ckpt_dir: str | os.PathLike, card: Mapping[str, Any]) -> str:
     """Write ``ckpt_dir/prior.json`` (what :func:`load_prior` needs to rebuild the prior)."""
     path = Path(ckpt_dir) / CARD_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     card = json.loads(json.dumps(dict(card), default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_json(path, card))
 
 
 def read_prior_card(weights: str | os.PathLike) -> dict | None:
@@ -271,18 +252,14 @@ def read_prior_card(weights: str | os.PathLike) -> dict | None:
 
 
 def build_scheduler(name: str, num_train_timesteps: int = 1000, image_size: int = 64, clip: float | None = 2.0):
-    """A DDPM / DDIM / RFlow scheduler with the settings of ``configs/common.json#schedulers``."""
-    if name == "ddpm":
-        s = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule="linear_beta", clip_sample=True)
-    elif name == "ddim":
-        s = DDIMScheduler(num_train_timesteps=num_train_timesteps, schedule="linear_beta", clip_sample=True)
-    elif name == "rflow":
-        s = RFlowScheduler(num_train_timesteps=num_train_timesteps, use_discrete_timesteps=False,
-                           sample_method="logit-normal", use_timestep_transform=True,
-                           base_img_size_numel=int(image_size) ** 2, spatial_dim=2)
-    else:
+    """The DDPM / DDIM / RFlow scheduler ``configs/common.json#schedulers#<name>``, with its ``x0`` clip set."""
+    from scripts.configs import parsed
+
+    if name not in ("ddpm", "ddim", "rflow"):
         raise ValueError(f"unknown scheduler {name!r} (ddpm, ddim, rflow)")
-    return configure_scheduler(s, clip)
+    scheduler = parsed("common.json", f"schedulers#{name}", num_train_timesteps=int(num_train_timesteps),
+                       image_size=int(image_size))
+    return configure_scheduler(scheduler, clip)
 
 
 def load_prior(weights: str | os.PathLike, network: torch.nn.Module | None = None, map_location: Any = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -38,7 +38,8 @@ Training API: :func:`train_varnet` runs ``configs/train_varnet.json`` through MO
 dict, best by validation SSIM). ``<output_dir>`` also holds ``checkpoint_iteration=N.pt``
 (every ``checkpoint_interval`` iterations) and ``checkpoint_final_iteration=N.pt`` (at the end
 or on an exception), each ``{"model", "optimizer", "trainer"}``: a rerun with ``resume=True``
-(default) restores the newest of them with ``CheckpointLoader`` and continues from that
+(default) restores the newest of them (:func:`scripts.io.checkpoint.latest_checkpoint`) with
+``CheckpointLoader`` and continues from that
 iteration (keep ``epoch_length`` unchanged), and :class:`KeyMetricState` keeps the best score
 so ``model.pt`` is only replaced by a better model. Networks are rebuilt from the
 ``varnet.json`` written next to the checkpoints (:func:`load_varnet`).
@@ -53,7 +54,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,21 +73,21 @@ from monai.losses import SSIMLoss
 from monai.metrics import CumulativeIterationMetric
 from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
+from scripts.io.atomic import write_json
+from scripts.io.checkpoint import latest_checkpoint
 from scripts.io.fastmri_h5 import num_slices, read_slice, rss
 from scripts.core.masks import MaskSampler, acs_bounds, to_varnet_mask
 from scripts.core.metrics import center_crop, nmse, psnr, ssim
 
 __all__ = [
     "ACSCoilSensitivityModel",
-    "CPU_PROFILE",
-    "FULL_PROFILE",
+    "varnet_profile",
     "FastMRISliceDataset",
     "KeyMetricState",
     "SliceReconMetric",
     "VarNetSSIMLoss",
     "build_varnet",
     "center_crop_t",
-    "latest_checkpoint",
     "list_h5",
     "load_varnet",
     "prepare_example",
@@ -102,9 +102,15 @@ ROOT = Path(__file__).resolve().parents[2]
 NETWORK_SPEC = "varnet.json"
 BEST_CHECKPOINT = "model.pt"
 
-# The configs hold the same two profiles (configs/train_varnet.json#varnet_profiles).
-CPU_PROFILE = {"num_cascades": 4, "features": [8, 16, 32, 64, 128, 8], "sens_features": [4, 8, 16, 32, 64, 4]}
-FULL_PROFILE = {"num_cascades": 12, "features": [18, 36, 72, 144, 288, 18], "sens_features": [8, 16, 32, 64, 128, 8]}
+
+
+def varnet_profile(name: str = "cpu") -> dict[str, Any]:
+    """The :func:`build_varnet` kwargs of profile ``name`` (``"cpu"``, ``"full"``), defined once, in
+    ``configs/train_varnet.json#varnet_profiles``."""
+    profiles = json.loads((ROOT / "configs" / "train_varnet.json").read_text())["varnet_profiles"]
+    if name not in profiles:
+        raise ValueError(f"unknown VarNet profile {name!r}; configs/train_varnet.json has {sorted(profiles)}")
+    return dict(profiles[name])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -134,16 +140,15 @@ class ACSCoilSensitivityModel(CoilSensitivityModel):
 
 
 def build_varnet(
-    num_cascades: int = CPU_PROFILE["num_cascades"],
-    features: Sequence[int] = tuple(CPU_PROFILE["features"]),
-    sens_features: Sequence[int] = tuple(CPU_PROFILE["sens_features"]),
+    num_cascades: int,
+    features: Sequence[int],
+    sens_features: Sequence[int],
     pad_factor: int = 16,
     acs_2d: bool = True,
 ) -> VariationalNetworkModel:
     """MONAI's VarNet: ``num_cascades`` ComplexUnet cascades plus a coil-sensitivity ComplexUnet.
 
-    Defaults are the CPU profile; :data:`FULL_PROFILE` is the MONAI tutorial's network (12
-    cascades, features [18, 36, 72, 144, 288, 18], sensitivity [8, 16, 32, 64, 128, 8]).
+    The sizes of the CPU and full (MONAI tutorial) profiles are in :func:`varnet_profile`.
     ``acs_2d=False`` uses MONAI's plain :class:`CoilSensitivityModel` (column masks only; same
     state dict), e.g. for TorchScript export.
     """
@@ -182,7 +187,7 @@ def load_varnet(
     state dict), a resume checkpoint (``{"model", "optimizer", "trainer"}``) or ``{"model": ...}``;
     always loaded with ``torch.load(..., weights_only=True)``.
     """
-    kwargs = dict(varnet_kwargs) if varnet_kwargs else (read_network_spec(checkpoint) or dict(CPU_PROFILE))
+    kwargs = dict(varnet_kwargs) if varnet_kwargs else (read_network_spec(checkpoint) or varnet_profile("cpu"))
     net = build_varnet(**kwargs)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "model" in state:
@@ -419,23 +424,7 @@ class KeyMetricState:
             return
         saved = [[float(priority), str(name)] for priority, name in checkpoint.state_dict()["_saved"]]
         state = {"saved": saved, "best_metric": float(engine.state.best_metric), "best_metric_epoch": int(engine.state.best_metric_epoch)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state) + "\n")
-        os.replace(tmp, self.path)
-
-
-_CKPT_RE = re.compile(r"checkpoint_(?:final_)?iteration=(\d+)\.pt$")
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The resume checkpoint with the highest trainer iteration in ``output_dir`` (interval or final), or ``None``."""
-    best, best_it = None, -1
-    for p in Path(output_dir).glob("*checkpoint_*iteration=*.pt"):
-        m = _CKPT_RE.search(p.name)
-        if m and int(m.group(1)) > best_it:
-            best, best_it = str(p), int(m.group(1))
-    return best
+        write_json(self.path, state, indent=None, sort_keys=False)
 
 
 def train_varnet(
@@ -477,7 +466,7 @@ def train_varnet(
     Returns:
         ``Path`` of ``<output_dir>/model.pt`` (or of the latest resume checkpoint if no validation ran).
     """
-    from scripts.studies.runner import run_bundle
+    from scripts.configs import run_bundle
 
     config_file = config_file or str(ROOT / "configs" / "train_varnet.json")
     pairs: dict[str, Any] = {

@@ -72,7 +72,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -83,6 +82,7 @@ import h5py
 import numpy as np
 import scipy.ndimage as ndi
 
+from scripts.io.atomic import write_json
 from scripts.io.fastmri_h5 import write_fastmri
 from scripts.core.fft import fft2c, ifft2c
 from scripts.core.physics import (
@@ -917,12 +917,7 @@ def simulate_dataset(
         "total_slices": num_subjects * slices_per_subject,
         "total_bytes": int(total_bytes),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dataset.json.", suffix=".tmp", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, out / "dataset.json")
+    write_json(out / "dataset.json", summary)
     rate = made * slices_per_subject / elapsed if made and elapsed > 0 else float("nan")
     report = (
         f"Simulated dataset in {out}: {num_subjects} subjects x {slices_per_subject} slices of "

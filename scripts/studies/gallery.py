@@ -81,7 +81,8 @@ def make_gallery(
 
     from scripts.core.intensity import normalize_magnitude
     from scripts.phase.data import complex_slice
-    from scripts.phase.metrics import head_mask, phase_coherence, wrapped_phase_gradients
+    from scripts.core.physics import head_mask
+    from scripts.phase.metrics import phase_coherence, wrapped_phase_gradients
     from scripts.phase.sources import get_phase_source
 
     if file is None:

@@ -5,7 +5,9 @@ Entry point (``configs/prior_study.json``)::
 
     python -m monai.bundle run prior_study --config_file configs/prior_study.json [--image_size 32 ...]
 
-Stages (each skipped when its output already exists, so an interrupted study resumes):
+Stages (on the VarNet study's :class:`scripts.studies.runner.StageRunner`: data, phase model, augmentation
+and priors are skipped when they finished earlier with the same parameters, a killed training resumes
+from its checkpoint; realism, reconstruction and the report are recomputed):
 
 1. Data. Two fastMRI-format datasets: a small *paired* set (trains the conditional phase model)
    and an *archive* (its magnitudes are the "magnitude-only archive"; its true complex images
@@ -14,7 +16,7 @@ Stages (each skipped when its output already exists, so an interrupted study res
    so the phase model never saw the archive). Optionally a separate *test* set (``test_dir``, or
    ``sim_test_subjects`` simulated with a third seed) replaces the archive's test split: more test
    subjects without changing anything that trains. All are then rewritten in the reconstruction's
-   phase convention (:func:`scripts.recon.posterior.espirit_dataset`: ESPIRiT maps from the same
+   phase convention (:func:`scripts.recon.cases.espirit_dataset`: ESPIRiT maps from the same
    central calibration lines the undersampled data keep, coil-0 relative phase).
 2. Conditional phase model: ``configs/train.json`` on the paired set (or a given checkpoint).
 3. Augmented archive: ``scripts/synthesis/synthesize.py`` (phase source ``diffusion``, several phase samples
@@ -36,7 +38,7 @@ Stages (each skipped when its output already exists, so an interrupted study res
 7. Report: ``report.md``, ``summary.csv``, ``per_slice.csv``, ``realism.csv``, ``comparisons.csv``
    (paired per-slice differences for the published ordering), ``lambda.json``, ``provenance.json``
    and PNG figures in ``output_dir``. Real files whose name marks a phantom
-   (:func:`scripts.studies.varnet_study.is_phantom`) are left out.
+   (:func:`scripts.io.real_data.is_phantom`) are left out.
 """
 
 from __future__ import annotations
@@ -55,26 +57,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.phase.diffusion import _checkpoint_iteration
-from scripts.recon.evaluate import write_csv
-from scripts.core.metrics import bootstrap_ci
-from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, channels_to_complex, load_prior, sampler_from_card
-from scripts.recon.posterior import (
-    MASK_PATTERNS,
-    PriorPosteriorSampler,
-    SenseOp,
-    default_calib_lines,
-    espirit_dataset,
-    l1_wavelet_recon,
-    make_case,
-    make_mask,
-    read_kspace,
-    slice_metrics,
-    tune_dc_weight,
-    tune_l1_lambda,
-    zero_filled,
-)
-from scripts.studies.runner import ROOT, run_bundle
+from scripts.io.checkpoint import checkpoint_iteration
+from scripts.io.tables import write_csv
+from scripts.core.masks import MASK_PATTERNS, default_calib_lines, pattern_mask
+from scripts.core.metrics import bootstrap_ci, interval_table, slice_metrics
+from scripts.core.sense import SenseOp, zero_filled
+from scripts.io.real_data import is_phantom
+from scripts.recon.cases import espirit_dataset, make_case, read_kspace
+from scripts.recon.l1 import l1_wavelet_recon, tune_l1_lambda
+from scripts.core.complex import channels_to_complex
+from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, load_prior, sampler_from_card
+from scripts.recon.posterior import PriorPosteriorSampler, tune_dc_weight
+from scripts.configs import ROOT, run_bundle
+from scripts.studies.runner import StageRunner
 
 __all__ = ["PriorStudy"]
 
@@ -203,10 +198,22 @@ class PriorStudy:
         self.realism_samples, self.realism_steps, self.ts_epochs = int(realism_samples), int(realism_steps), int(two_sample_epochs)
         self.real_dir, self.real_glob = real_dir, real_glob
         self.n_boot, self.example_slices = int(n_boot), int(example_slices)
-        self.timings: dict[str, float] = {}
+        self.runner = StageRunner(self.work, "prior study")
+        self.timings = self.runner.timings
         self.provenance: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ stages
+    def _stage(self, name: str, params: Mapping[str, Any], fn, provenance_key: str) -> Any:
+        """Run ``fn`` as stage ``name`` of the study's :class:`StageRunner`; its provenance entry is part of
+        the stage's result, so a skipped stage still reports where its output came from."""
+        def work():
+            return {"output": fn(), "provenance": self.provenance.get(provenance_key)}
+
+        result = self.runner(name, params, work)
+        if result["provenance"] is not None:
+            self.provenance[provenance_key] = result["provenance"]
+        return result["output"]
+
     def _tick(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
         logger.info("prior study: %s done (%.1f s)", name, self.timings[name])
@@ -278,12 +285,10 @@ class PriorStudy:
         return str(weights)
 
     def _phase_network(self):
-        from monai.networks.nets import DiffusionModelUNet
+        """The conditional phase model's network: ``configs/common.json#network_def`` with this study's UNet sizes."""
+        from scripts.configs import parsed
 
-        u = self.unet
-        return DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=2, channels=u["unet_channels"],
-                                  attention_levels=u["unet_attention_levels"], num_res_blocks=u["unet_num_res_blocks"],
-                                  num_head_channels=u["unet_num_head_channels"], norm_num_groups=u["unet_norm_num_groups"])
+        return parsed("common.json", "network_def", **self.unet)
 
     def augment(self, archive: str, phase_weights: str) -> str:
         if self.augmented_dir:
@@ -325,7 +330,7 @@ class PriorStudy:
             n = len(prior_datalist(data[kind], "train", seed=self.seed))
             epochs = self._epochs(self.prior_iterations, n)
             target = epochs * int(math.ceil(n / self.batch_size))
-            done = _checkpoint_iteration(str(ckpt / "checkpoint_final.pt")) if (ckpt / "checkpoint_final.pt").exists() else None
+            done = checkpoint_iteration(str(ckpt / "checkpoint_final.pt")) if (ckpt / "checkpoint_final.pt").exists() else None
             if done is None or done < target:  # a shorter earlier run is resumed (train.json's checkpoint loader)
                 run_bundle("configs/train_prior.json", cwd=ROOT, bundle_root=str(root), dataset_dir=data[kind], prior_data=kind,
                            val_dataset_dir=val_dir if kind != "augmented" else data[kind], image_size=self.size,
@@ -347,9 +352,10 @@ class PriorStudy:
         role = "test" if "test" in data else "archive"
         return ("held-out test set" if role == "test" else "archive test split"), "simulated" in str(data.get(role, {}).get("source", ""))
 
-    def realism(self, weights: Mapping[str, str], archive: str, augmented: str, test: str) -> list[dict]:
+    def realism(self, weights: Mapping[str, str], archive: str, augmented: str, test: str) -> tuple[list[dict], dict]:
         """Prior samples scored against the held-out true complex images (``test``'s test split) and, when
-        present, the REAL slices (too few for the classifier: phase statistics only)."""
+        present, the REAL slices (too few for the classifier: phase statistics only). Returns the rows and
+        the samples of each prior (for the figures)."""
         t0 = time.perf_counter()
         where, simulated = self._test_source()
         truth = [_h5_slice(f, i, "image_complex") for f, i in _slice_items(test, "test", None)]
@@ -374,28 +380,17 @@ class PriorStudy:
                 same_mag = [np.abs(s) * np.exp(1j * np.angle(t)) for t, s in pairs]
                 rows.append(self._score("phase_model_augmented_data", same_mag, [s for _, s in pairs],
                                         "archive train slices: SAME magnitudes, true vs synthetic phase"))
-        self._samples = samples
         self._tick("realism", t0)
-        return rows
+        return rows, samples
 
     def _score(self, name: str, reference: list, synth: list, note: str, min_classifier: int = 8) -> dict:
-        """Phase-gradient and phasor-spectrum distances (:mod:`scripts.phase.metrics`) and the classifier
-        two-sample AUROC (:mod:`scripts.phase.two_sample`; NaN with fewer than ``min_classifier`` reference images)."""
-        from scripts.phase.metrics import head_mask, phase_gradient_distance, spectrum_distance
-        from scripts.phase.two_sample import classifier_two_sample_test
+        """:func:`scripts.phase.realism.score_realism` of ``synth`` vs ``reference`` (no classifier with fewer than
+        ``min_classifier`` reference images), labelled."""
+        from scripts.phase.realism import score_realism
 
-        rm = [head_mask(np.abs(z)) for z in reference]
-        sm = [head_mask(np.abs(z)) for z in synth]
-        try:
-            pgd = phase_gradient_distance(reference, synth, rm, sm)
-            spd = spectrum_distance(reference, synth, rm, sm)
-        except ValueError:
-            pgd = spd = float("nan")
-        auroc = float("nan")
-        if len(reference) >= min_classifier:
-            auroc = classifier_two_sample_test(reference, synth, seed=self.seed, epochs=self.ts_epochs)["auroc"]
-        return {"generator": name, "n_reference": len(reference), "n_synthetic": len(synth), "phase_gradient_w1": pgd,
-                "phase_spectrum_w1": spd, "two_sample_auroc": auroc, "compared_with": note}
+        scores = score_realism(reference, synth, seed=self.seed, classifier={"epochs": self.ts_epochs},
+                               min_classifier=min_classifier)
+        return {"generator": name, **scores, "compared_with": note}
 
     @staticmethod
     def _augmented_pairs(archive: str, augmented: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -431,8 +426,6 @@ class PriorStudy:
         if not self.real_dir or not Path(self.real_dir).is_dir():
             return []
         cases = []
-        from scripts.studies.varnet_study import is_phantom
-
         for path in sorted(glob.glob(os.path.join(self.real_dir, self.real_glob))):
             if is_phantom(path):
                 continue
@@ -457,7 +450,7 @@ class PriorStudy:
         rows, lambdas, examples = [], {}, {}
         for p_i, (pattern, opts) in enumerate(self.patterns.items()):
             calib = int(opts.get("calib_lines") or self.calib)
-            mask = make_mask(pattern, (self.size, self.size), opts.get("acceleration"), calib, seed=self.seed)
+            mask = pattern_mask(pattern, (self.size, self.size), opts.get("acceleration"), calib, seed=self.seed)
             val = self._cases(archive, "val", self.max_val, mask, calib)
             self._set_data_range(val)
             lambdas[pattern] = tune_l1_lambda(val, self.l1_grid, self.l1_max_iter)
@@ -469,7 +462,10 @@ class PriorStudy:
             y = torch.from_numpy(np.stack([c["kspace"] for c in test]))
             maps = torch.from_numpy(np.stack([c["maps"] for c in test]))
             recons["zero_filled"] = zero_filled(y, SenseOp(maps, torch.from_numpy(mask)[None])).numpy()
-            recons["l1_wavelet"] = np.stack([l1_wavelet_recon(c["kspace"], mask, c["maps"], lam, self.l1_max_iter) for c in test])
+            # L1-wavelet in units of the estimated tissue level (case["scale"]), so lambda fits any scanner scale
+            recons["l1_wavelet"] = np.stack([
+                (l1_wavelet_recon(c["kspace"] / np.float32(c["scale"]), mask, c["maps"], lam, self.l1_max_iter) * c["scale"])
+                .astype(np.complex64) for c in test])
             lambdas[pattern]["dc_weight"] = {}
             for kind, w in weights.items():
                 net, card = load_prior(w)
@@ -480,7 +476,7 @@ class PriorStudy:
                 recons[f"prior_{kind}"] = smp(y.numpy(), mask, maps.numpy())["image"].numpy()
             for j, c in enumerate(test):
                 for method, r in recons.items():
-                    m = slice_metrics(r[j], c["reference"], c["data_range"])
+                    m = slice_metrics(c["reference"], r[j], c["data_range"])
                     rows.append({"pattern": pattern, "acceleration": round(float(mask.size / mask.sum()), 2),
                                  "test_set": "real" if c["source"] == "real" else "simulated", "volume": c["volume"],
                                  "slice": c["slice"], "method": method, **m})
@@ -489,19 +485,12 @@ class PriorStudy:
         return rows, lambdas, examples
 
     # ------------------------------------------------------------------ report
-    def summarise(self, rows: list[dict]) -> list[dict]:
-        out = []
-        keys = sorted({(r["test_set"], r["pattern"], r["method"]) for r in rows}, key=lambda k: (k[0] != "simulated", k[1], k[2]))
-        for test_set, pattern, method in keys:
-            sel = [r for r in rows if (r["test_set"], r["pattern"], r["method"]) == (test_set, pattern, method)]
-            subjects = [r["volume"] for r in sel]
-            row = {"test_set": test_set, "pattern": pattern, "acceleration": sel[0]["acceleration"], "method": method,
-                   "n_slices": len(sel), "n_subjects": len(set(subjects))}
-            for q in ("psnr", "ssim", "nmse"):
-                mean, lo, hi = bootstrap_ci([r[q] for r in sel], n=self.n_boot, seed=self.seed, groups=subjects)
-                row.update({q: mean, f"{q}_lo": lo, f"{q}_hi": hi})
-            out.append(row)
-        return out
+    def summarize(self, rows: list[dict]) -> list[dict]:
+        """Per test set, pattern and method: :func:`scripts.core.metrics.interval_table` over the slices
+        (95 % intervals that resample subjects), simulated test sets first."""
+        table = interval_table(rows, ("test_set", "pattern", "acceleration", "method"), ("psnr", "ssim", "nmse"),
+                               group="volume", n_bootstrap=self.n_boot, seed=self.seed)
+        return sorted(table, key=lambda r: (r["test_set"] != "simulated", r["pattern"], r["method"]))
 
     def compare(self, rows: list[dict], pairs: Sequence[tuple[str, str]] = PUBLISHED_ORDER, metric: str = "psnr") -> list[dict]:
         """Paired per-slice differences ``a - b`` of ``metric`` for each ``(a, b)`` of ``pairs`` (the published
@@ -556,7 +545,7 @@ class PriorStudy:
                 axes[1, 0].set_title(f"mask R={ex['mask'].size / ex['mask'].sum():.1f}", fontsize=8)
                 for i, m in enumerate(methods, 1):
                     r = np.abs(ex["recons"][m][j])
-                    met = slice_metrics(r, c["reference"], c["data_range"])
+                    met = slice_metrics(c["reference"], r, c["data_range"])
                     axes[0, i].imshow(r, cmap="gray", vmin=0, vmax=vmax)
                     axes[0, i].set_title(f"{m}\n{met['psnr']:.1f} dB / {met['ssim']:.3f}", fontsize=7)
                     axes[1, i].imshow(np.abs(r - ref), cmap="magma", vmin=0, vmax=0.2 * vmax)
@@ -594,7 +583,7 @@ class PriorStudy:
             sim_roles = ", ".join(k for k, v in data.items() if "simulated" in str(v.get("source", "")))
             lines += [f"**Simulated data** ({sim_roles}): simulated by `scripts/simulate/dataset.py` "
                       "(MNI152-based brains with B0/RF/coil phase). Results on simulated data prove the pipeline, not "
-                      "the science (DESIGN.md, 'Honesty about data').", ""]
+                      "the science (the bundle's README.md, 'Honesty about data').", ""]
         for role, v in data.items():
             lines.append(f"- {role}: " + ", ".join(f"{k}={v[k]}" for k in v))
         real_rows = [r for r in summary if r["test_set"] == "real"]
@@ -623,8 +612,8 @@ class PriorStudy:
                   "|---|---|---|---|---|---|---|---|"]
         for r in summary:
             lines.append(f"| {r['test_set']} | {r['pattern']} | {r['acceleration']} | {r['method']} | "
-                         f"{r['n_slices']} ({r['n_subjects']}) | "
-                         + " | ".join(_fmt(r[q], r[f"{q}_lo"], r[f"{q}_hi"], d, r["n_subjects"])
+                         f"{r['slices']} ({r['volumes']}) | "
+                         + " | ".join(_fmt(r[f"{q}_slice_mean"], r[f"{q}_ci_low"], r[f"{q}_ci_high"], d, r["volumes"])
                                       for q, d in (("psnr", 2), ("ssim", 4), ("nmse", 4))) + " |")
         lines += ["", "Published anchor (one real 256x256 8-coil MPRAGE slice): 1-D R=5: phase-augmented prior 44.89 dB / "
                   "0.9805, L1-wavelet 40.41 / 0.9639, magnitude-only prior 37.26 / 0.8159; Poisson R=8.2: 44.25 / 0.9788, "
@@ -646,8 +635,8 @@ class PriorStudy:
                   "| generator | n reference | n synthetic | phase-gradient W1 (rad/px) | phasor-spectrum W1 | two-sample AUROC | compared with |",
                   "|---|---|---|---|---|---|---|"]
         for r in realism:
-            lines.append(f"| {r['generator']} | {r['n_reference']} | {r['n_synthetic']} | {r['phase_gradient_w1']:.4f} | "
-                         f"{r['phase_spectrum_w1']:.4f} | {r['two_sample_auroc']:.3f} | {r['compared_with']} |")
+            lines.append(f"| {r['generator']} | {r['n_reference']} | {r['n_synthetic']} | {r['gradient_distance']:.4f} | "
+                         f"{r['spectrum_distance']:.4f} | {r['auroc']:.3f} | {r['compared_with']} |")
         lines += ["", "AUROC 0.5 = indistinguishable (published joint generator: 0.50-0.66); NaN where the reference set is "
                   "too small for a classifier. A magnitude-only prior has no phase (imaginary part 0), so it is trivially "
                   "separable; its small phase-gradient distance only says that a flat phase is closer to a smooth true phase "
@@ -681,17 +670,27 @@ class PriorStudy:
         t_all = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
-        paired, archive, test = self.prepare_data()
+        base = {"image_size": self.size, "num_coils": self.num_coils, "seed": self.seed}
+        paired, archive, test = self._stage("data", {**base, "given": [self.paired_dir, self.archive_dir, self.test_dir],
+                                                     "sim": self.sim, "espirit": self.espirit_convention,
+                                                     "calib": self.calib}, self.prepare_data, "data")
         augmented = None
         if "augmented" in self.priors:
-            augmented = self.augment(archive, self.train_phase_model(paired))
+            train = {**base, "paired": paired, "phase_model": self.phase_model, "iterations": self.phase_iterations,
+                     "batch_size": self.batch_size, "lr": self.lr, "unet": self.unet, "objective": self.phase_scheduler_type}
+            weights = self._stage("phase_model", train, lambda: self.train_phase_model(paired), "phase_model")
+            augment = {**train, "archive": archive, "augmented_dir": self.augmented_dir, "samples": self.augment_samples,
+                       "steps": self.phase_steps, "eta": self.eta}
+            augmented = self._stage("augment", augment, lambda: self.augment(archive, weights), "augmented")
         data = {"complex": archive, "magnitude": archive, "augmented": augmented}
-        weights = self.train_priors(data, archive)
-        realism = self.realism(weights, archive, augmented, test)
+        priors = {**base, "data": data, "priors": self.priors, "iterations": self.prior_iterations,
+                  "batch_size": self.batch_size, "lr": self.lr, "unet": self.unet, "objective": self.scheduler_type}
+        weights = self._stage("priors", priors, lambda: self.train_priors(data, archive), "priors")
+        realism, samples = self.realism(weights, archive, augmented, test)
         rows, lambdas, examples = self.reconstruct(weights, archive, test)
-        summary = self.summarise(rows)
+        summary = self.summarize(rows)
         comparisons = self.compare(rows)
-        figures = self.figures(examples, getattr(self, "_samples", {}))
+        figures = self.figures(examples, samples)
         write_csv(rows, self.out / "per_slice.csv")
         write_csv(summary, self.out / "summary.csv")
         write_csv(realism, self.out / "realism.csv")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts.recon.evaluate import write_csv
+from scripts.io.tables import write_csv
 
 __all__ = ["write_report"]
 

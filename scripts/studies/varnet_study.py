@@ -1,14 +1,15 @@
 """The comparison study: train VarNet on k-space made with each phase source, test on one real-phase set.
 
-Stages (each resumable: a finished stage leaves ``<study_dir>/stages/<name>.json`` with a hash of
-its parameters, and a re-run skips it; a killed stage is redone, its outputs being written
-atomically or overwritten):
+Stages run on :class:`scripts.studies.runner.StageRunner` (shared with the prior study): a finished
+stage leaves ``<study_dir>/stages/<name>.json`` with a hash of its parameters, and a re-run skips it;
+a killed stage is redone, its outputs being written atomically or overwritten.
 
 1. ``simulate``: the paired complex dataset (``scripts.simulate.dataset``), unless ``simulate`` is
    ``None`` (a user's fastMRI folder); ``pair/<split>``: every split made square at
    ``image_size`` and paired with its complex image (:func:`prepare_paired_split`);
 2. ``train_diffusion`` / ``train_gan``: the learned phase models on the paired ``train`` split,
-   through ``configs/train.json`` / ``configs/train_gan.json`` (``ConfigWorkflow``);
+   through ``configs/train.json`` / ``configs/train_gan.json`` (``ConfigWorkflow``), which receive the
+   study's ``image_size``, ``num_coils`` and seed (:meth:`Study.workflow_overrides`);
 3. per phase source: ``synthesize``: the magnitude of the ``train`` and ``val`` splits (the
    "magnitude-only archive") gets phase from the source, simulated coils and noise, and is
    written as fastMRI k-space (``scripts.synthesis.synthesize``); ``varnet``: a VarNet trained on it
@@ -24,60 +25,42 @@ Everything is seeded; the report records every size, seed and data source.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from scripts.io.fastmri_h5 import write_fastmri
+from scripts.configs import run_bundle
+from scripts.studies.runner import StageRunner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PHASE_SOURCES", "Study", "is_phantom", "prepare_real_test_set"]
+__all__ = ["PHASE_SOURCES", "Study", "prepare_real_test_set"]
 
 PHASE_SOURCES = ("ground_truth", "diffusion", "gan", "physics", "smooth", "sinusoidal", "uniform", "zero")
 LEARNED = {"diffusion": "train_diffusion", "gan": "train_gan"}
 
 
-def _hash(params: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def is_phantom(path: str | os.PathLike) -> bool:
-    """Whether a real-data file is a phantom (``*Ph*`` in its name, e.g. ``4h_Ph.mat``): phantoms are
-    not brains and are left out of every real test set."""
-    return "Ph" in Path(path).stem
-
-
 def prepare_real_test_set(real_dir: str | os.PathLike, output_dir: str | os.PathLike, image_size: int) -> list[str]:
-    """Real fully sampled multi-coil brain slices (``*.mat`` with ``DATA`` (H, W, coils) coil images)
+    """Real fully sampled multi-coil brain slices (``*.mat``, :func:`scripts.io.real_data.read_mat_kspace`)
     -> fastMRI h5 at ``image_size``, by cropping the centre of k-space (a lower-resolution
-    acquisition of the same field of view: no interpolation of the measured data).
+    acquisition of the same field of view: no interpolation of the measured data), scaled to a
+    k-space maximum of 1e3.
 
-    Phantoms (file names containing ``Ph``) are left out. Returns the written files.
+    Phantoms (:func:`scripts.io.real_data.is_phantom`) are left out. Returns the written files.
     """
     import numpy as np
-    from scipy.io import loadmat
 
-    from scripts.core.fft import fft2c
+    from scripts.io.real_data import is_phantom, read_mat_kspace
 
     out = []
     for mat in sorted(Path(real_dir).glob("*.mat")):
         if is_phantom(mat):
             continue
-        coil_images = np.moveaxis(np.asarray(loadmat(mat)["DATA"]), -1, 0)  # (coils, H, W)
-        kspace = fft2c(coil_images.astype(np.complex64))
+        kspace = read_mat_kspace(mat)  # (coils, H, W)
         h, w = kspace.shape[-2:]
         top, left = (h - image_size) // 2, (w - image_size) // 2
         kspace = kspace[:, top : top + image_size, left : left + image_size]
@@ -167,32 +150,24 @@ class Study:
         self.real_test_dir = Path(real_test_dir) if real_test_dir and Path(real_test_dir).is_dir() else None
         self.config_dir = Path(config_dir)
         self.num_threads = num_threads  # torch CPU threads; small CPU-sized nets run fastest on one
-        self.timings: dict[str, float] = {}
-
-    # ------------------------------------------------------------------ stage bookkeeping
-    def stage(self, name: str, params: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless ``name`` finished earlier with the same ``params``; returns its (JSON) result."""
-        marker = self.study_dir / "stages" / f"{name.replace('/', '__')}.json"
-        digest = _hash(params)
-        if marker.is_file():
-            done = json.loads(marker.read_text())
-            if done.get("params_hash") == digest:
-                logger.info("study: %s already done, skipped", name)
-                self.timings[name] = 0.0
-                return done["result"]
-        logger.info("study: %s ...", name)
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - t0
-        self.timings[name] = seconds
-        _write_json(marker, {"params_hash": digest, "params": params, "result": result, "seconds": seconds})
-        logger.info("study: %s done in %.1f s", name, seconds)
-        return result
+        self.stage = StageRunner(self.study_dir, "study")
+        self.timings = self.stage.timings
 
     # ------------------------------------------------------------------ stages
-    def _workflow(self, config: str, **override: Any) -> None:
-        from scripts.studies.runner import run_bundle
+    def workflow_overrides(self, source: str) -> tuple[str, dict[str, Any]]:
+        """The bundle config that trains the learned phase source ``source`` and what it receives: the
+        study's sizes and seed (so a 256 px study trains 256 px models), the paired data, then the
+        study config's settings for that model (``diffusion`` / ``gan``), which may not change the sizes."""
+        settings = dict(getattr(self, source))
+        clash = {k for k in ("image_size", "num_coils") if k in settings and int(settings[k]) != getattr(self, k)}
+        if clash:
+            raise ValueError(f"study settings for {source!r} set {sorted(clash)} unlike the study; set them at the top level")
+        config = {"diffusion": "train.json", "gan": "train_gan.json"}[source]
+        return config, {"bundle_root": str(self.study_dir / source), "dataset_dir": str(self.dataset_dir),
+                        "simulate_if_missing": False, "seed": self.seed, "image_size": self.image_size,
+                        "num_coils": self.num_coils, **settings}
 
+    def _workflow(self, config: str, **override: Any) -> None:
         run_bundle(self.config_dir / config, run_id="run", **override)
 
     def _simulate(self) -> dict:
@@ -202,14 +177,10 @@ class Study:
                                 seed=self.seed, **self.simulate_kwargs)
 
     def _train_learned(self, source: str) -> str:
-        root = self.study_dir / source
-        if source == "diffusion":
-            self._workflow("train.json", bundle_root=str(root), dataset_dir=str(self.dataset_dir),
-                           simulate_if_missing=False, seed=self.seed, **self.diffusion)
-            return str(root / "models" / "model.pt")
-        self._workflow("train_gan.json", bundle_root=str(root), dataset_dir=str(self.dataset_dir),
-                       simulate_if_missing=False, seed=self.seed, **self.gan)
-        return str(root / "models" / "gan" / "generator.pt")
+        config, override = self.workflow_overrides(source)
+        self._workflow(config, **override)
+        root = Path(override["bundle_root"])
+        return str(root / "models" / "model.pt") if source == "diffusion" else str(root / "models" / "gan" / "generator.pt")
 
     def _source_kwargs(self, source: str, checkpoints: Mapping[str, str]) -> dict:
         """Constructor arguments of a phase source: configured ones, its weights, its architecture."""
@@ -279,7 +250,7 @@ class Study:
             files = sorted(str(p) for p in Path(find_split(self.source_dir, split)).glob("*.h5"))
             self.stage(f"pair/{split}", {**base, "files": files},
                        lambda: prepare_paired_split(files, self.dataset_dir / split, self.image_size))
-        checkpoints = {s: self.stage(LEARNED[s], {**base, **getattr(self, s)}, lambda s=s: self._train_learned(s))
+        checkpoints = {s: self.stage(LEARNED[s], {**base, **self.workflow_overrides(s)[1]}, lambda s=s: self._train_learned(s))
                        for s in self.sources if s in LEARNED}
         test_sets = self._test_sets()
         evaluations: dict[str, dict[str, str]] = {name: {} for name in test_sets}

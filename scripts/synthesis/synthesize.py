@@ -29,7 +29,8 @@ Archive scale:
   changes a byte. Same settings -> byte-identical files, manifest and report.
 - Resumable: outputs are written under a temporary name and renamed, so a file under its
   final name is complete. A rerun skips units whose outputs exist (their records are read
-  back from the file), deletes stale ``.tmp`` files of its own units, and rebuilds the
+  back from the file), deletes the ``.tmp`` files that killed writers left for its own units
+  (:func:`scripts.io.atomic.stale_temporaries`: never a live process's), and rebuilds the
   manifest. Existing outputs made with other settings (``config_hash``) raise an error
   unless ``overwrite=True``.
 - Sharding: under ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``) rank ``r``
@@ -64,6 +65,7 @@ import numpy as np
 import torch
 
 from scripts.coils import simulation as coils
+from scripts.io.atomic import stale_temporaries, write_text
 from scripts.io.fastmri_h5 import anonymous_id, write_fastmri
 from scripts.core.intensity import magnitude_reference
 from scripts.io.magnitude import MagnitudeInputError, find_inputs, load_magnitude
@@ -130,16 +132,6 @@ def _jsonable(value):
     return f"<{type(value).__name__}>"  # paths and objects: no file names, no memory addresses
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _scrub(text: str, unit: str, root: str | os.PathLike) -> str:
     """Replace any path under ``root``, the input's path and every component of its relative path by ``<input>``."""
     absolute, base = os.path.abspath(unit), os.path.abspath(root)
@@ -180,8 +172,8 @@ def merge_manifests(output_dir: str | os.PathLike, world_size: int | None = None
     records = [json.loads(line) for p in manifests for line in p.read_text(encoding="utf-8").splitlines() if line]
     records.sort(key=lambda r: r["output"])
     skipped = sorted((s for p in skips for s in json.loads(p.read_text(encoding="utf-8"))), key=lambda s: s["input"])
-    _write_text_atomic(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    _write_text_atomic(out / SKIPPED, json.dumps(skipped, indent=1, sort_keys=True) + "\n")
+    write_text(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_text(out / SKIPPED, json.dumps(skipped, indent=1, sort_keys=True) + "\n")
     return True
 
 
@@ -356,8 +348,8 @@ class Synthesizer:
         for i, unit in enumerate(mine):
             key = input_key(unit, self.input_dir)
             paths = [out / name for name in self.output_names(key)]
-            for p in paths:
-                for stale in out.glob(f".{p.name}.*.tmp"):
+            for p in paths:  # a killed writer's leftovers; a live process's temporary files are kept
+                for stale in stale_temporaries(p):
                     stale.unlink(missing_ok=True)
             existing = [self._existing_record(p) if p.is_file() else None for p in paths]
             for p, rec in zip(paths, existing):
@@ -393,8 +385,8 @@ class Synthesizer:
                         records[-1]["num_slices"], len(paths))
         name = f"r{self.rank:05d}-of-{self.world_size:05d}"
         records.sort(key=lambda r: r["output"])
-        _write_text_atomic(out / PARTS / f"manifest-{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        _write_text_atomic(out / PARTS / f"skipped-{name}.json", json.dumps(sorted(skipped, key=lambda s: s["input"]), indent=1, sort_keys=True) + "\n")
+        write_text(out / PARTS / f"manifest-{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_text(out / PARTS / f"skipped-{name}.json", json.dumps(sorted(skipped, key=lambda s: s["input"]), indent=1, sort_keys=True) + "\n")
         merged = merge_manifests(out, self.world_size)
         summary = {"rank": self.rank, "world_size": self.world_size, "units": len(mine), "written": written, "kept": kept,
                    "skipped": len(skipped), "slices": sum(r["num_slices"] for r in records), "merged": merged,

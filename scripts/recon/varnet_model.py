@@ -1,0 +1,158 @@
+"""The end-to-end VarNet, built on MONAI's reconstruction parts, batched, starting at the zero-filled solution.
+
+Why not MONAI's :class:`~monai.apps.reconstruction.networks.nets.varnet.VariationalNetworkModel` as
+it is (measured on this project's data, see ``bench/bench_varnet.py``):
+
+- **Scale at initialisation.** Each MONAI cascade subtracts ``S * ComplexUnet(S^H k)``, and
+  ``ComplexUnet`` returns ``unet(x_norm) * std + mean``: at initialisation a random image of
+  about 0.4 standard deviations of the CURRENT image, plus its mean. Every cascade
+  re-normalises, so the error compounds geometrically: the output starts at 1.9x (4 cascades)
+  to 10x (12 cascades, 64 px) and 127x (12 cascades, 256 px, 16 coils) the target, the SSIM
+  loss saturates at 1 and its gradient vanishes. Here each cascade's network returns an
+  UPDATE, ``unet(x_norm) * std``, whose output convolution starts at zero (a residual branch
+  initialised to zero): at initialisation every cascade is pure data consistency and the
+  output is the zero-filled RSS image, on the target's scale; gradients still flow from the
+  first iteration (the zero layer's weight gradient is its input times the upstream gradient).
+- **Coil maps at initialisation.** The sensitivity network adds a zero-initialised update to the
+  low-resolution ACS coil images before the RSS normalisation, so it starts from the classic
+  ACS estimate of the maps instead of random ones.
+- **Batches.** MONAI's coil-sensitivity model reads ONE mask per batch (``(1, 1, 1, W, 1)``,
+  MONAI#5886). Here the mask is ``(B, 1, 1|H, W, 1)`` (or ``(1, ...)`` shared): the ACS box is
+  found per sample and the cascades broadcast per-sample masks, so a batch of slices with
+  different masks and accelerations trains in one step.
+
+The U-Nets are MONAI's :class:`~monai.apps.reconstruction.networks.nets.complex_unet.ComplexUnet`
+(BasicUNet inside, the same normalisation and padding), the transforms MONAI's
+``sensitivity_map_reduce`` / ``sensitivity_map_expand`` / ``ifftn_centered_t``; only the residual
+forward, the per-sample ACS and the zero initialisation are written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.apps.reconstruction.complex_utils import complex_abs_t
+from monai.apps.reconstruction.mri_utils import root_sum_of_squares_t
+from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
+from monai.apps.reconstruction.networks.nets.utils import (
+    complex_normalize,
+    divisible_pad_t,
+    inverse_divisible_pad_t,
+    reshape_batch_channel_to_channel_dim,
+    reshape_channel_complex_to_last_dim,
+    reshape_channel_to_batch_dim,
+    reshape_complex_to_channel_dim,
+    sensitivity_map_expand,
+    sensitivity_map_reduce,
+)
+from monai.networks.blocks.fft_utils_t import ifftn_centered_t
+
+__all__ = ["ResidualComplexUnet", "SensitivityModel", "VarNet", "VarNetCascade", "acs_lowpass", "build_varnet"]
+
+
+class ResidualComplexUnet(ComplexUnet):
+    """MONAI's :class:`ComplexUnet` returning an UPDATE in the input's units, zero at initialisation.
+
+    Input ``(B, C, H, W, 2)``; the real and imaginary parts are normalised per sample as in MONAI
+    (``complex_normalize``), the U-Net runs on the padded image, and its output is scaled back by
+    the input's standard deviation only (no mean added back: an update, not an image). The final
+    1x1 convolution starts at zero, so the update starts at zero.
+    """
+
+    def __init__(self, features: Sequence[int], pad_factor: int = 16) -> None:
+        super().__init__(spatial_dims=2, features=tuple(features), pad_factor=pad_factor)
+        nn.init.zeros_(self.unet.final_conv.weight)
+        nn.init.zeros_(self.unet.final_conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = reshape_complex_to_channel_dim(x)
+        x, _, std = complex_normalize(x)
+        x, padding = divisible_pad_t(x, k=self.pad_factor)
+        x = inverse_divisible_pad_t(self.unet(x), padding)
+        return reshape_channel_complex_to_last_dim(x * std)
+
+
+def acs_lowpass(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``kspace`` ``(B, C, H, W, 2)`` with everything outside each sample's fully sampled centre box zeroed.
+
+    ``mask``: bool ``(B|1, 1, 1|H, W, 1)``. The box is the largest fully sampled one around the
+    k-space centre (all rows for a column mask), grown one side at a time as
+    :func:`scripts.core.masks.acs_bounds` does, per sample.
+    """
+    from scripts.core.masks import acs_bounds
+
+    out = torch.zeros_like(kspace)
+    m = mask[..., 0].reshape(mask.shape[0], mask.shape[-3], mask.shape[-2])  # (B|1, 1|H, W)
+    for b in range(kspace.shape[0]):
+        top, bottom, left, right = acs_bounds(m[b if m.shape[0] > 1 else 0].cpu())
+        if m.shape[1] == 1:  # a column mask: every row is sampled
+            top, bottom = 0, kspace.shape[-3]
+        out[b, :, top:bottom, left:right] = kspace[b, :, top:bottom, left:right]
+    return out
+
+
+class SensitivityModel(nn.Module):
+    """Coil maps ``(B, C, H, W, 2)`` from the ACS: the low-resolution coil images plus a learned update
+    (zero at initialisation), normalised to unit root-sum-of-squares over the coils."""
+
+    def __init__(self, features: Sequence[int], pad_factor: int = 16, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.refine = ResidualComplexUnet(features, pad_factor)
+        self.eps = eps
+
+    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = ifftn_centered_t(acs_lowpass(masked_kspace, mask), spatial_dims=2, is_complex=True)
+        x, b = reshape_channel_to_batch_dim(x)  # (B*C, 1, H, W, 2): one U-Net pass per coil image
+        x = reshape_batch_channel_to_channel_dim(x + self.refine(x), b)
+        return x / root_sum_of_squares_t(x, spatial_dim=1).clamp_min(self.eps).unsqueeze(1)
+
+
+class VarNetCascade(nn.Module):
+    """One unrolled step: ``k - w * M (k - k0) - S F(U(S^H k))`` with a learned data-consistency weight
+    ``w`` (MONAI's ``VarNetBlock``, with a residual U-Net and per-sample masks)."""
+
+    def __init__(self, features: Sequence[int], pad_factor: int = 16) -> None:
+        super().__init__()
+        self.model = ResidualComplexUnet(features, pad_factor)
+        self.dc_weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, current: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros((), dtype=current.dtype, device=current.device)
+        dc = torch.where(mask, current - reference, zero) * self.dc_weight
+        update = sensitivity_map_expand(self.model(sensitivity_map_reduce(current, maps, spatial_dims=2)), maps,
+                                        spatial_dims=2)
+        return current - dc - update
+
+
+class VarNet(nn.Module):
+    """End-to-end VarNet: ``net(masked_kspace (B, C, H, W, 2), mask (B|1, 1, 1|H, W, 1) bool)`` -> RSS ``(B, H, W)``.
+
+    Args:
+        num_cascades: unrolled steps.
+        features: the six BasicUNet feature counts of each cascade's U-Net.
+        sens_features: the same for the coil-sensitivity U-Net.
+        pad_factor: images are padded to a multiple of this inside the U-Nets.
+    """
+
+    def __init__(self, num_cascades: int, features: Sequence[int], sens_features: Sequence[int], pad_factor: int = 16) -> None:
+        super().__init__()
+        self.sensitivity = SensitivityModel(sens_features, pad_factor)
+        self.cascades = nn.ModuleList(VarNetCascade(features, pad_factor) for _ in range(int(num_cascades)))
+
+    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"the mask must be bool, got {mask.dtype}")
+        if mask.shape[0] not in (1, masked_kspace.shape[0]):
+            raise ValueError(f"{mask.shape[0]} masks for a batch of {masked_kspace.shape[0]}")
+        maps = self.sensitivity(masked_kspace, mask)
+        kspace = masked_kspace
+        for cascade in self.cascades:
+            kspace = cascade(kspace, masked_kspace, mask, maps)
+        return root_sum_of_squares_t(complex_abs_t(ifftn_centered_t(kspace, spatial_dims=2, is_complex=True)), spatial_dim=1)
+
+
+def build_varnet(num_cascades: int, features: Sequence[int], sens_features: Sequence[int], pad_factor: int = 16) -> VarNet:
+    """The VarNet of a profile (:func:`scripts.recon.varnet.varnet_profile`) or of explicit sizes."""
+    return VarNet(num_cascades, features, sens_features, pad_factor)

@@ -1,0 +1,88 @@
+"""What each study stage receives: sizes, coil counts and networks of every profile (built, not trained),
+and the tiny study with the learned sources (diffusion, GAN) end to end."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from conftest import ROOT
+from scripts.phase.gan import pix2pix_depth
+from scripts.recon.varnet import build_varnet, varnet_profile
+from test_study import TINY
+
+PROFILES = {"study": ["study.json"], "study_full": ["study.json", "study_full.json"]}
+
+
+def _study(files, bundle_root):
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / f) for f in files])
+    parser["bundle_root"] = str(bundle_root)
+    return parser, parser.get_parsed_content("study_def")
+
+
+def _stage_parser(config: str, override: dict) -> ConfigParser:
+    wf = ConfigWorkflow(config_file=str(ROOT / "configs" / config), meta_file=None, logging_file=False,
+                        workflow_type=None, **override)
+    return wf.parser
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_learned_stage_gets_the_study_sizes_and_network(profile, tmp_path):
+    parser, study = _study(PROFILES[profile], tmp_path)
+    size, coils = parser["image_size"], parser["num_coils"]
+    assert (study.image_size, study.num_coils) == (size, coils)
+    for source in ("diffusion", "gan"):
+        config, override = study.workflow_overrides(source)
+        p = _stage_parser(config, override)
+        assert p.get_parsed_content("image_size") == size, source
+        assert p.get_parsed_content("num_coils") == coils, source
+        assert p.get_parsed_content("dataset_dir") == str(study.dataset_dir)
+        crop = p.get_parsed_content("train#deterministic_transforms#0#spatial_size")
+        assert crop == size, f"{source} trains on {crop} px crops in a {size} px study"
+        if source == "diffusion":
+            net = p.get_parsed_content("network_def")
+            assert list(net.block_out_channels) == list(parser["diffusion"]["unet_channels"])
+        else:
+            assert p.get_parsed_content("gan_depth") == pix2pix_depth(size)
+    varnet = build_varnet(**varnet_profile(study.varnet.get("varnet_profile", "cpu")))
+    assert len(varnet.cascades) == (12 if profile == "study_full" else 4)
+
+
+def test_stage_settings_may_not_change_the_study_sizes(tmp_path):
+    parser, _ = _study(PROFILES["study"], tmp_path)
+    parser["diffusion"] = {**parser["diffusion"], "image_size": 128}
+    study = parser.get_parsed_content("study_def", lazy=False)
+    with pytest.raises(ValueError, match="image_size"):
+        study.workflow_overrides("diffusion")
+
+
+TINY_LEARNED = {
+    **TINY,
+    "phase_sources": ["diffusion", "gan"],
+    "diffusion": {"scheduler_type": "rflow", "max_epochs": 1, "batch_size": 4, "val_interval": 1, "num_workers": 0,
+                  "progress_bar": False, "unet_channels": [8, 16], "unet_attention_levels": [False, False],
+                  "unet_num_head_channels": 8},
+    "gan": {"max_epochs": 1, "num_workers": 0, "progress_bar": False},
+    "synthesis": {"noise_std": 0.01, "phase_source_kwargs": {"diffusion": {"scheduler": "rflow", "num_inference_steps": 2}}},
+}
+
+
+def test_tiny_study_with_the_learned_sources(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the study runs from any folder
+    wf = ConfigWorkflow(config_file=str(ROOT / "configs" / "study.json"), workflow_type=None, meta_file=None,
+                        logging_file=False, run_id="study", bundle_root=str(tmp_path),
+                        real_test_dir=str(tmp_path / "no_real_data"), **TINY_LEARNED)
+    wf.initialize()
+    study = wf.parser.get_parsed_content("study_def")
+    report = study.run()
+    with open(report.parent / "metrics_test_split.csv") as f:
+        labels = {r["label"] for r in csv.DictReader(f) if r["method"] == "varnet"}
+    assert labels == {"diffusion", "gan"}
+    # the learned models were trained at the study's size
+    _, override = study.workflow_overrides("diffusion")
+    assert override["image_size"] == 32 and override["num_coils"] == 2
+    assert (tmp_path / "study" / "diffusion" / "models" / "model.pt").is_file()
+    assert (tmp_path / "study" / "gan" / "models" / "gan" / "generator.pt").is_file()
