@@ -143,18 +143,18 @@ def test_l1_wavelet_of_the_prior_study_pinned():
 
     mask = pattern_mask("poisson", (N, N), 4.0, 8, seed=0)
     case = make_case(kspace(), mask, 8)
-    check(case["maps"], "make_case.maps")
-    check(case["reference"], "make_case.reference")
-    op = SenseOp(torch.from_numpy(case["maps"])[None], torch.from_numpy(mask)[None])
-    assert case["scale"] == float(estimate_scale(torch.from_numpy(case["kspace"])[None], op)[0])
+    check(case.maps, "make_case.maps")
+    check(case.reference, "make_case.reference")
+    op = SenseOp(torch.from_numpy(case.maps)[None], torch.from_numpy(mask)[None])
+    assert case.scale == float(estimate_scale(torch.from_numpy(case.kspace)[None], op)[0])
 
     def l1(scale: float) -> np.ndarray:
-        x = l1_wavelet_recon(case["kspace"] / np.float32(scale), mask, case["maps"], 0.01, max_iter=30)
+        x = l1_wavelet_recon(case.kspace / np.float32(scale), mask, case.maps, 0.01, max_iter=30)
         return (x * scale).astype(np.complex64)
 
-    x = l1(case["scale"])
+    x = l1(case.scale)
     check(x, "posterior.l1_wavelet_recon", rtol=1e-4)
-    m = slice_metrics(case["reference"], x)
+    m = slice_metrics(case.reference, x)
     pin("posterior.l1_wavelet_recon.metrics", [m["psnr"], m["nmse"], m["ssim"]], rtol=1e-4)
     check(l1(250.0), "posterior.l1_wavelet_recon.scale250", rtol=1e-4)
     tuned = tune_l1_lambda([case], [1e-3, 1e-2], max_iter=20)

@@ -158,11 +158,11 @@ def test_l1_wavelet_and_lambda_tuning_run():
     z, _, _, _, _ = problem(noise=0.01, n_images=1)
     full = fft2c(maps[0] * z[0][None])
     case = make_case(full, mask, 8)
-    assert case["maps"].shape == (4, SIZE, SIZE)
+    assert case.maps.shape == (4, SIZE, SIZE)
     tuned = tune_l1_lambda([case], [1e-3, 1e-2], max_iter=20)
     assert tuned["lambda"] in (1e-3, 1e-2) and len(tuned["scores"]) == 2 and all(np.isfinite(tuned["scores"]))
-    x = l1_wavelet_recon(case["kspace"] / case["scale"], mask, case["maps"], tuned["lambda"], max_iter=20) * case["scale"]
-    assert x.shape == (SIZE, SIZE) and slice_metrics(case["reference"], x)["psnr"] > 15
+    x = l1_wavelet_recon(case.kspace / case.scale, mask, case.maps, tuned["lambda"], max_iter=20) * case.scale
+    assert x.shape == (SIZE, SIZE) and slice_metrics(case.reference, x)["psnr"] > 15
 
 
 def write_fake_prior(folder: Path, prior_data: str = "augmented") -> Path:
@@ -248,7 +248,7 @@ def test_real_slices_are_resampled_to_the_prior_size(real_dir):
     k, info = read_kspace(real_dir / "brain_4coil" / "4h_GE.mat", 64)
     assert k.shape == (1, 4, 64, 64) and info["original_size"] == [256, 256]
     case = make_case(k[0], pattern_mask("equispaced1d", (64, 64)), 8)
-    assert np.abs(case["reference"]).max() > 0 and np.isfinite(case["maps"]).all()
+    assert np.abs(case.reference).max() > 0 and np.isfinite(case.maps).all()
 
 
 def test_two_sample_auroc_separates_and_is_seeded():
@@ -316,7 +316,7 @@ def test_real_test_set_leaves_phantoms_out(tmp_path):
     study = PriorStudy(output_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"), image_size=SIZE,
                        real_dir=str(tmp_path), real_glob="brain_4coil/*.mat")
     cases = study._real_cases(np.ones((SIZE, SIZE), np.float32), 8)
-    assert [c["volume"] for c in cases] == ["4h_GE"]
+    assert [c.volume for c in cases] == ["4h_GE"]
 
 
 def test_published_ordering_is_judged_on_paired_differences(tmp_path):

@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from scripts.core.fft import fft2c, ifft2c
 from scripts.core.masks import default_calib_lines
 from scripts.core.sense import SenseOp, estimate_scale
 
-__all__ = ["crop_kspace", "espirit_dataset", "estimate_maps", "make_case", "read_kspace"]
+__all__ = ["ReconCase", "crop_kspace", "espirit_dataset", "estimate_maps", "make_case", "read_kspace"]
 
 
 def estimate_maps(kspace: np.ndarray, calib_width: int, kernel_width: int | None = None, thresh: float = 0.02,
@@ -106,16 +106,35 @@ def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequen
     return k, info
 
 
-def make_case(kspace_full: np.ndarray, mask: np.ndarray, calib_lines: int, kernel_width: int | None = None) -> dict:
-    """Undersample one slice ``(C, H, W)``: ``{"kspace", "mask", "maps"`` (:func:`estimate_maps` from its ACS),
-    ``"reference"`` (the fully sampled k-space combined with the maps), ``"scale"`` (the CG-SENSE estimate of
-    the 99.5th percentile of ``|x|``, :func:`scripts.core.sense.estimate_scale`)``}``."""
+class ReconCase(NamedTuple):
+    """One slice to reconstruct (as fastMRI's ``VarNetSample``): undersampled ``kspace`` ``(C, H, W)``, ``mask``
+    ``(H, W)`` float32, ESPIRiT ``maps`` from its ACS, the ``reference`` image (the fully sampled k-space
+    combined with the maps), ``scale`` (the CG-SENSE estimate of the 99.5th percentile of ``|x|``), and where
+    it came from: ``volume`` (subject), ``slice``, ``source`` (split or ``"real"``), ``data_range`` (the
+    volume's reference maximum, for PSNR/SSIM; ``None``: the slice's)."""
+
+    kspace: np.ndarray
+    mask: np.ndarray
+    maps: np.ndarray
+    reference: np.ndarray
+    scale: float
+    volume: str = ""
+    slice: int = 0
+    source: str = ""
+    data_range: float | None = None
+
+
+def make_case(kspace_full: np.ndarray, mask: np.ndarray, calib_lines: int, kernel_width: int | None = None,
+              **where: Any) -> ReconCase:
+    """Undersample one slice ``(C, H, W)`` with ``mask`` into a :class:`ReconCase` (``where``: its
+    ``volume``, ``slice``, ``source``, ``data_range``); maps by :func:`estimate_maps` from the ACS, the scale
+    by :func:`scripts.core.sense.estimate_scale`."""
     y = (kspace_full * mask).astype(np.complex64)
     mask = mask.astype(np.float32)
     maps = estimate_maps(y, calib_lines, kernel_width)
     ref = np.sum(np.conj(maps) * ifft2c(kspace_full.astype(np.complex64)), axis=0)
     scale = float(estimate_scale(torch.from_numpy(y * mask)[None], SenseOp(torch.from_numpy(maps)[None], torch.from_numpy(mask)[None]))[0])
-    return {"kspace": y, "mask": mask, "maps": maps, "reference": ref.astype(np.complex64), "scale": scale}
+    return ReconCase(y, mask, maps, ref.astype(np.complex64), scale, **where)
 
 
 def espirit_dataset(src: str | os.PathLike, dst: str | os.PathLike, calib_lines: int | None = None,

@@ -4,7 +4,7 @@
 the complex image ``x`` (Daubechies-4 wavelets, ``lamda`` in the units of the k-space given). Callers
 choose the units: the VarNet evaluation divides k-space by the peak of the zero-filled RSS and shows
 the RSS of the coil images ``S_c x``; the prior study divides by the estimated tissue level
-(``case["scale"]``, :func:`scripts.core.sense.estimate_scale`) and multiplies the image back.
+(``case.scale``, :func:`scripts.core.sense.estimate_scale`) and multiplies the image back.
 :func:`tune_l1_lambda` picks lambda on validation cases that way.
 """
 
@@ -34,17 +34,15 @@ def l1_wavelet_recon(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam
 def tune_l1_lambda(cases: Sequence[Mapping], grid: Sequence[float], max_iter: int = 100, metric: str = "psnr") -> dict:
     """Choose the L1-wavelet lambda maximising the mean ``metric`` over ``cases`` (the validation split).
 
-    A case (:func:`scripts.recon.cases.make_case`) has ``kspace``, ``mask``, ``maps``, ``reference``,
-    ``scale`` (k-space is divided by it, so lambda is relative to the tissue level) and optionally
-    ``data_range``. Returns ``{"lambda": best, "grid": [...], "scores": [...], "metric": metric, "num_cases": n}``.
+    Cases are :class:`scripts.recon.cases.ReconCase` (k-space is divided by their ``scale``, so lambda is
+    relative to the tissue level). Returns ``{"lambda": best, "grid": [...], "scores": [...], "metric": metric, "num_cases": n}``.
     """
     scores = []
     for lam in grid:
         vals = []
         for c in cases:
-            s = float(c["scale"])
-            x = (l1_wavelet_recon(c["kspace"] / np.float32(s), c["mask"], c["maps"], lam, max_iter) * s).astype(np.complex64)
-            vals.append(slice_metrics(c["reference"], x, c.get("data_range"))[metric])
+            x = (l1_wavelet_recon(c.kspace / np.float32(c.scale), c.mask, c.maps, lam, max_iter) * c.scale).astype(np.complex64)
+            vals.append(slice_metrics(c.reference, x, c.data_range)[metric])
         scores.append(float(np.mean(vals)))
     best = int(np.argmax(scores)) if metric != "nmse" else int(np.argmin(scores))
     return {"lambda": float(grid[best]), "grid": [float(g) for g in grid], "scores": scores, "metric": metric,

@@ -226,13 +226,13 @@ def tune_dc_weight(network: torch.nn.Module, scheduler, cases: Sequence[Mapping]
 
     All cases must share one mask. Returns ``{"dc_weight", "grid", "scores", "metric", "num_cases"}``.
     """
-    y = np.stack([c["kspace"] for c in cases])
-    maps = np.stack([c["maps"] for c in cases])
+    y = np.stack([c.kspace for c in cases])
+    maps = np.stack([c.maps for c in cases])
     scores = []
     for w in grid:
         smp = PriorPosteriorSampler(network, scheduler, dc_weight=float(w), **sampler_kwargs)
-        x = smp(y, cases[0]["mask"], maps)["image"].numpy()
-        scores.append(float(np.mean([slice_metrics(c["reference"], r, c.get("data_range"))[metric] for r, c in zip(x, cases)])))
+        x = smp(y, cases[0].mask, maps)["image"].numpy()
+        scores.append(float(np.mean([slice_metrics(c.reference, r, c.data_range)[metric] for r, c in zip(x, cases)])))
     best = int(np.argmax(scores)) if metric != "nmse" else int(np.argmin(scores))
     return {"dc_weight": float(grid[best]), "grid": [float(g) for g in grid], "scores": scores, "metric": metric,
             "num_cases": len(cases)}
@@ -297,13 +297,13 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
     sampler = PriorPosteriorSampler(net, sampler_from_card(card) if card else sampler_from_card({}), num_steps, dc_weight,
                                     cg_iters, final_dc_weight, final_cg_iters, eta, card.get("clip", 2.0), scale_method, seed,
                                     start_fraction=start_fraction, num_samples=num_samples)
-    res = sampler(np.stack([c["kspace"] for c in cases]), m, np.stack([c["maps"] for c in cases]))
+    res = sampler(np.stack([c.kspace for c in cases]), m, np.stack([c.maps for c in cases]))
     recon = res["image"].numpy()
-    op = SenseOp(torch.from_numpy(np.stack([c["maps"] for c in cases])), torch.from_numpy(m)[None])
-    zf = zero_filled(torch.from_numpy(np.stack([c["kspace"] for c in cases])), op).numpy()
+    op = SenseOp(torch.from_numpy(np.stack([c.maps for c in cases])), torch.from_numpy(m)[None])
+    zf = zero_filled(torch.from_numpy(np.stack([c.kspace for c in cases])), op).numpy()
     l1 = None
     if l1_lambda is not None:  # in the prior's units (k-space / its scale), so lambda is relative to the tissue level
-        l1 = np.stack([(l1_wavelet_recon(c["kspace"] / np.float32(s), m, c["maps"], l1_lambda, l1_max_iter) * float(s))
+        l1 = np.stack([(l1_wavelet_recon(c.kspace / np.float32(s), m, c.maps, l1_lambda, l1_max_iter) * float(s))
                        .astype(np.complex64) for c, s in zip(cases, res["scale"].numpy())])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
                                             "remove_oversampling": remove_oversampling,
                                             "l1_lambda": l1_lambda}}
     if not measured:
-        ref = np.stack([c["reference"] for c in cases])
+        ref = np.stack([c.reference for c in cases])
         dr = float(np.abs(ref).max())
         per = {"prior": [slice_metrics(c, r, dr) for r, c in zip(recon, ref)],
                "zero_filled": [slice_metrics(c, r, dr) for r, c in zip(zf, ref)]}
@@ -331,18 +331,18 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
         if l1 is not None:
             f.create_dataset("l1_wavelet", data=l1)
         f.create_dataset("mask", data=m)
-        f.create_dataset("coil_maps", data=np.stack([c["maps"] for c in cases]))
+        f.create_dataset("coil_maps", data=np.stack([c.maps for c in cases]))
         if not measured:
-            f.create_dataset("reference", data=np.stack([c["reference"] for c in cases]))
+            f.create_dataset("reference", data=np.stack([c.reference for c in cases]))
         f.attrs["metrics"] = json.dumps(metrics, default=str)
     for i in range(len(cases)):
-        vmax = float(np.abs(cases[i]["reference"]).max()) if not measured else float(np.abs(recon[i]).max())
+        vmax = float(np.abs(cases[i].reference).max()) if not measured else float(np.abs(recon[i]).max())
         ims, titles, vmaxes = [m, np.abs(zf[i]), np.abs(recon[i])], ["mask", "zero-filled", "prior"], [1.0, vmax, vmax]
         if l1 is not None:
             ims.append(np.abs(l1[i])), titles.append("L1-wavelet"), vmaxes.append(vmax)
         if not measured:
-            ims.append(np.abs(cases[i]["reference"])), titles.append("reference"), vmaxes.append(vmax)
-            ims.append(np.abs(np.abs(recon[i]) - np.abs(cases[i]["reference"])))
+            ims.append(np.abs(cases[i].reference)), titles.append("reference"), vmaxes.append(vmax)
+            ims.append(np.abs(np.abs(recon[i]) - np.abs(cases[i].reference)))
             titles.append("|error| prior (x5)"), vmaxes.append(vmax / 5)
         _png(out / f"{stem}_slice{i:03d}.png", ims, titles, vmaxes)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)

@@ -63,7 +63,7 @@ from scripts.core.masks import MASK_PATTERNS, default_calib_lines, pattern_mask
 from scripts.core.metrics import bootstrap_ci, interval_table, slice_metrics
 from scripts.core.sense import SenseOp, zero_filled
 from scripts.io.real_data import is_phantom
-from scripts.recon.cases import espirit_dataset, make_case, read_kspace
+from scripts.recon.cases import ReconCase, espirit_dataset, make_case, read_kspace
 from scripts.recon.l1 import l1_wavelet_recon, tune_l1_lambda
 from scripts.core.complex import channels_to_complex
 from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, load_prior, sampler_from_card
@@ -361,7 +361,7 @@ class PriorStudy:
         truth = [_h5_slice(f, i, "image_complex") for f, i in _slice_items(test, "test", None)]
         truth_note = f"{where}, true complex images" + (" (SIMULATED)" if simulated else "")
         full = np.ones((self.size, self.size), dtype=np.float32)
-        real = [c["reference"] for c in self._real_cases(full, self.calib)]
+        real = [c.reference for c in self._real_cases(full, self.calib)]
         real_note = f"REAL 4-coil brain slices (n={len(real)}, ESPIRiT-combined at {self.size} px)"
         rows, samples = [], {}
         for kind, w in weights.items():
@@ -413,36 +413,31 @@ class PriorStudy:
             pairs += [(_h5_slice(src, i, "image_complex"), _h5_slice(path, i, "image_complex")) for i in range(n)]
         return pairs
 
-    def _cases(self, dataset: str, split: str, limit: int, mask: np.ndarray, calib: int) -> list[dict]:
+    def _cases(self, dataset: str, split: str, limit: int, mask: np.ndarray, calib: int) -> list[ReconCase]:
         cases = []
         for f, i in _slice_items(dataset, split, limit):
             k = _h5_slice(f, i, "kspace")
-            c = make_case(k if k.ndim == 3 else k[None], mask, calib)
-            c.update(volume=Path(f).stem, slice=i, source=split)
-            cases.append(c)
+            cases.append(make_case(k if k.ndim == 3 else k[None], mask, calib, volume=Path(f).stem, slice=i, source=split))
         return cases
 
-    def _real_cases(self, mask: np.ndarray, calib: int) -> list[dict]:
+    def _real_cases(self, mask: np.ndarray, calib: int) -> list[ReconCase]:
         if not self.real_dir or not Path(self.real_dir).is_dir():
             return []
         cases = []
         for path in sorted(glob.glob(os.path.join(self.real_dir, self.real_glob))):
             if is_phantom(path):
                 continue
-            k, info = read_kspace(path, self.size)
-            for j, s in enumerate(k):
-                c = make_case(s, mask, calib)
-                c.update(volume=Path(path).stem, slice=j, source="real", original_size=info["original_size"])
-                cases.append(c)
+            k, _ = read_kspace(path, self.size)
+            cases += [make_case(s, mask, calib, volume=Path(path).stem, slice=j, source="real") for j, s in enumerate(k)]
         return cases
 
     @staticmethod
-    def _set_data_range(cases: list[dict]) -> None:
+    def _with_data_range(cases: list[ReconCase]) -> list[ReconCase]:
+        """The cases with ``data_range`` = their volume's reference maximum (fastMRI's PSNR/SSIM convention)."""
         vmax: dict[str, float] = {}
         for c in cases:
-            vmax[c["volume"]] = max(vmax.get(c["volume"], 0.0), float(np.abs(c["reference"]).max()))
-        for c in cases:
-            c["data_range"] = vmax[c["volume"]]
+            vmax[c.volume] = max(vmax.get(c.volume, 0.0), float(np.abs(c.reference).max()))
+        return [c._replace(data_range=vmax[c.volume]) for c in cases]
 
     def reconstruct(self, weights: Mapping[str, str], archive: str, test_dir: str) -> tuple[list[dict], dict, dict]:
         """Tune on the archive's validation split, test on ``test_dir``'s test split and the REAL slices."""
@@ -452,19 +447,19 @@ class PriorStudy:
             calib = int(opts.get("calib_lines") or self.calib)
             mask = pattern_mask(pattern, (self.size, self.size), opts.get("acceleration"), calib, seed=self.seed)
             val = self._cases(archive, "val", self.max_val, mask, calib)
-            self._set_data_range(val)
+            val = self._with_data_range(val)
             lambdas[pattern] = tune_l1_lambda(val, self.l1_grid, self.l1_max_iter)
             lambdas[pattern].update(acceleration=float(mask.size / mask.sum()), calib_lines=calib)
             lam = lambdas[pattern]["lambda"]
             test = self._cases(test_dir, "test", self.max_test, mask, calib) + self._real_cases(mask, calib)
-            self._set_data_range(test)
+            test = self._with_data_range(test)
             recons: dict[str, np.ndarray] = {}
-            y = torch.from_numpy(np.stack([c["kspace"] for c in test]))
-            maps = torch.from_numpy(np.stack([c["maps"] for c in test]))
+            y = torch.from_numpy(np.stack([c.kspace for c in test]))
+            maps = torch.from_numpy(np.stack([c.maps for c in test]))
             recons["zero_filled"] = zero_filled(y, SenseOp(maps, torch.from_numpy(mask)[None])).numpy()
-            # L1-wavelet in units of the estimated tissue level (case["scale"]), so lambda fits any scanner scale
+            # L1-wavelet in units of the estimated tissue level (case.scale), so lambda fits any scanner scale
             recons["l1_wavelet"] = np.stack([
-                (l1_wavelet_recon(c["kspace"] / np.float32(c["scale"]), mask, c["maps"], lam, self.l1_max_iter) * c["scale"])
+                (l1_wavelet_recon(c.kspace / np.float32(c.scale), mask, c.maps, lam, self.l1_max_iter) * c.scale)
                 .astype(np.complex64) for c in test])
             lambdas[pattern]["dc_weight"] = {}
             for kind, w in weights.items():
@@ -476,10 +471,10 @@ class PriorStudy:
                 recons[f"prior_{kind}"] = smp(y.numpy(), mask, maps.numpy())["image"].numpy()
             for j, c in enumerate(test):
                 for method, r in recons.items():
-                    m = slice_metrics(c["reference"], r[j], c["data_range"])
+                    m = slice_metrics(c.reference, r[j], c.data_range)
                     rows.append({"pattern": pattern, "acceleration": round(float(mask.size / mask.sum()), 2),
-                                 "test_set": "real" if c["source"] == "real" else "simulated", "volume": c["volume"],
-                                 "slice": c["slice"], "method": method, **m})
+                                 "test_set": "real" if c.source == "real" else "simulated", "volume": c.volume,
+                                 "slice": c.slice, "method": method, **m})
             examples[pattern] = {"mask": mask, "cases": test, "recons": recons}
         self._tick("reconstruction", t0)
         return rows, lambdas, examples
@@ -532,10 +527,10 @@ class PriorStudy:
         files = []
         for pattern, ex in examples.items():
             picks = [0] if ex["cases"] else []
-            picks += [j for j, c in enumerate(ex["cases"]) if c["source"] == "real"][:2]
+            picks += [j for j, c in enumerate(ex["cases"]) if c.source == "real"][:2]
             for j in picks[: self.example_slices + 2]:
                 c = ex["cases"][j]
-                ref = np.abs(c["reference"])
+                ref = np.abs(c.reference)
                 vmax = float(ref.max())
                 methods = list(ex["recons"])
                 fig, axes = plt.subplots(2, len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 4.6))
@@ -545,16 +540,16 @@ class PriorStudy:
                 axes[1, 0].set_title(f"mask R={ex['mask'].size / ex['mask'].sum():.1f}", fontsize=8)
                 for i, m in enumerate(methods, 1):
                     r = np.abs(ex["recons"][m][j])
-                    met = slice_metrics(c["reference"], r, c["data_range"])
+                    met = slice_metrics(c.reference, r, c.data_range)
                     axes[0, i].imshow(r, cmap="gray", vmin=0, vmax=vmax)
                     axes[0, i].set_title(f"{m}\n{met['psnr']:.1f} dB / {met['ssim']:.3f}", fontsize=7)
                     axes[1, i].imshow(np.abs(r - ref), cmap="magma", vmin=0, vmax=0.2 * vmax)
                     axes[1, i].set_title("|error| (x5)", fontsize=7)
                 for ax in axes.ravel():
                     ax.axis("off")
-                fig.suptitle(f"{pattern}, {'REAL' if c['source'] == 'real' else 'simulated'} slice {c['volume']}:{c['slice']}", fontsize=9)
+                fig.suptitle(f"{pattern}, {'REAL' if c.source == 'real' else 'simulated'} slice {c.volume}:{c.slice}", fontsize=9)
                 fig.tight_layout()
-                name = f"recon_{pattern}_{'real' if c['source'] == 'real' else 'sim'}_{c['volume']}_{c['slice']}.png"
+                name = f"recon_{pattern}_{'real' if c.source == 'real' else 'sim'}_{c.volume}_{c.slice}.png"
                 fig.savefig(self.out / name, dpi=100)
                 plt.close(fig)
                 files.append(name)
