@@ -76,7 +76,7 @@ from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 from scripts.io.atomic import write_json
 from scripts.io.checkpoint import latest_checkpoint
 from scripts.io.fastmri_h5 import num_slices, read_slice, rss
-from scripts.core.masks import MaskSampler, acs_bounds, to_varnet_mask
+from scripts.core.masks import DEFAULT_CENTER_FRACTION, MaskSampler, acs_bounds, to_varnet_mask
 from scripts.core.metrics import center_crop, nmse, psnr, ssim
 
 __all__ = [
@@ -435,7 +435,7 @@ def train_varnet(
     epochs: int = 10,
     epoch_length: int | None = None,
     seed: int = 0,
-    center_fractions: float | Sequence[float] = 0.04,
+    center_fractions: float | Sequence[float] = DEFAULT_CENTER_FRACTION,
     crop_size: Sequence[int] | None = None,
     varnet_profile: str = "cpu",
     varnet_kwargs: Mapping[str, Any] | None = None,

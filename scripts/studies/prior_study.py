@@ -153,7 +153,7 @@ class PriorStudy:
         patterns: Mapping[str, Mapping[str, Any]] | None = None,
         recon: Mapping[str, Any] | None = None,
         dc_weight_grid: Sequence[float] = (3.0, 10.0, 30.0, 100.0, 300.0),
-        l1_lambda_grid: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+        l1_lambda_grid: Sequence[float] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
         l1_max_iter: int = 100,
         max_val_slices: int = 4,
         max_test_slices: int = 8,

@@ -34,6 +34,7 @@ from typing import Any
 
 from scripts.io.fastmri_h5 import write_fastmri
 from scripts.configs import run_bundle
+from scripts.core.masks import DEFAULT_CENTER_FRACTION
 from scripts.studies.runner import StageRunner
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Study:
         phase_sources: Sequence[str] = PHASE_SOURCES,
         accelerations: Sequence[int] = (4, 6, 8, 10),
         mask_type: str = "equispaced",
-        center_fraction: float = 0.04,
+        center_fraction: float = DEFAULT_CENTER_FRACTION,
         seed: int = 0,
         image_size: int = 64,
         num_coils: int = 4,
