@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import socket
-import subprocess
 import sys
 
 import nibabel as nib
@@ -23,7 +20,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, torchrun
 from scripts.core.complex import apply_phase, circular_variance, complex_to_phasor, phasor_to_phase, wrap_phase
 from scripts.io.checkpoint import latest_checkpoint, load_weights
 from scripts.phase.diffusion import PhasePrepareBatch, PhaseSamplingInferer
@@ -400,12 +397,6 @@ def test_inference_workflow(trained, tmp_path, in_root):
 
 
 # ------------------------------------------------------------------------------ multi-GPU config (2 CPU processes)
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_multi_gpu_config_ddp_two_cpu_processes(trained, tmp_path):
     _, data = trained
     bundle = tmp_path / "bundle"
@@ -415,18 +406,7 @@ def test_multi_gpu_config_ddp_two_cpu_processes(trained, tmp_path):
     for k, v in TINY_TRAIN.items():
         if k not in ("max_epochs", "batch_size"):
             args += [f"--{k}", repr(v)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-    def launch():
-        shutil.rmtree(bundle, ignore_errors=True)
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
-        return subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-
-    proc = launch()
-    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
-        # A rare SIGABRT of one CPU rank inside torch's gloo backend (seen once in CI; 0 of 72 launches here,
-        # up to 5 at a time on 2 cores). Any other failure, or this one twice, still fails the test.
-        proc = launch()
+    proc = torchrun(args, clean=bundle)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
     ckpt = torch.load(latest_checkpoint(bundle / "models"), weights_only=True)
     # 4 training slices over 2 ranks with batch 1: 2 iterations per epoch on each rank

@@ -19,7 +19,6 @@ from scripts.core.masks import MaskSampler, make_mask, to_varnet_mask
 from scripts.io.checkpoint import latest_checkpoint
 from scripts.recon.varnet import (
     FastMRISliceDataset,
-    build_varnet,
     list_h5,
     load_varnet,
     prepare_example,
@@ -27,6 +26,7 @@ from scripts.recon.varnet import (
     train_varnet,
     varnet_profile,
 )
+from scripts.recon.varnet_model import build_varnet
 
 SIZE, COILS = 48, 4
 TINY = {"num_cascades": 1, "features": [4, 4, 8, 16, 32, 4], "sens_features": [2, 2, 4, 8, 16, 2]}
@@ -72,22 +72,34 @@ def test_profiles_come_from_the_config():
         varnet_profile("huge")
 
 
-def test_varnet_takes_2d_masks_and_monai_sensitivity_model_does_not():
-    torch.manual_seed(0)
-    net = build_varnet(**TINY).eval()
-    kspace = torch.randn(1, COILS, 32, 32, 2)
-    mask2d = to_varnet_mask(make_mask("poisson", (32, 32), 4, 0.1, seed=0))
-    assert tuple(mask2d.shape) == (1, 1, 32, 32, 1)
+def _perturbed(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The network with every weight moved (its residual branches start at zero: a batching bug could hide)."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        out = net(kspace * mask2d, mask2d)
-        out1d = net(kspace, to_varnet_mask(make_mask("equispaced", (32, 32), 4, 0.1, seed=0)))
-    assert tuple(out.shape) == (1, 32, 32) and tuple(out1d.shape) == (1, 32, 32)
-    assert torch.isfinite(out).all()
-    plain = build_varnet(**TINY, acs_2d=False)
-    assert plain.state_dict().keys() == net.state_dict().keys()
-    plain.load_state_dict(net.state_dict())
-    with pytest.raises(RuntimeError):  # MONAI's ACS search: "Boolean value of Tensor with more than one value"
-        plain(kspace * mask2d, mask2d)
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+def test_batched_varnet_equals_batch_one_with_each_mask():
+    torch.manual_seed(0)
+    net = _perturbed(build_varnet(**TINY))
+    kspace = torch.randn(3, COILS, 32, 32, 2)
+    masks = [to_varnet_mask(make_mask("equispaced", (32, 32), r, 0.1, seed=s)) for r, s in ((4, 0), (8, 1), (6, 2))]
+    batch_mask = torch.cat(masks)  # (3, 1, 1, 32, 1): one mask per sample
+    with torch.no_grad():
+        batched = net(kspace * batch_mask, batch_mask)
+        single = torch.cat([net(kspace[i : i + 1] * m, m) for i, m in enumerate(masks)])
+    assert tuple(batched.shape) == (3, 32, 32)
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+    mask2d = torch.cat([to_varnet_mask(make_mask("poisson", (32, 32), 4, 0.1, seed=s)) for s in (0, 1)])
+    assert tuple(mask2d.shape) == (2, 1, 32, 32, 1)
+    with torch.no_grad():
+        out = net(kspace[:2] * mask2d, mask2d)
+        one = net(kspace[1:2] * mask2d[1:], mask2d[1:])
+    torch.testing.assert_close(out[1:], one, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="2 masks for a batch of 3"):
+        net(kspace, mask2d)
 
 
 def test_dataset_streams_slices_and_scales(dataset_dir):
@@ -101,11 +113,10 @@ def test_dataset_streams_slices_and_scales(dataset_dir):
     assert float(item["zero_filled"].max()) == pytest.approx(float(item["scale"]), rel=1e-5)  # scale = zero-filled max
     again = FastMRISliceDataset(files, MaskSampler("equispaced", [4], 0.08), crop_size=(40, 40), fixed_masks=True)[3]
     assert torch.equal(item["mask"], again["mask"])
-    batch = torch.utils.data.default_collate([item])
+    assert ds.shapes == [(SIZE, SIZE)] * 4
+    batch = torch.utils.data.default_collate([item, ds[0]])
     kspace, target, (mask,), kwargs = prepare_varnet_batch(batch, "cpu")
-    assert tuple(mask.shape) == (1, 1, 1, SIZE, 1) and kwargs == {}
-    with pytest.raises(ValueError, match="batch_size=1"):
-        prepare_varnet_batch(torch.utils.data.default_collate([item, item]))
+    assert tuple(mask.shape) == (2, 1, 1, SIZE, 1) and tuple(kspace.shape) == (2, COILS, SIZE, SIZE, 2) and kwargs == {}
 
 
 def test_full_mask_reproduces_the_stored_rss(dataset_dir):
@@ -130,7 +141,7 @@ def test_train_two_iterations_each_mask_type(dataset_dir, tmp_path, mask_type):
     state = torch.load(best, weights_only=True)
     assert "cascades.0.dc_weight" in state
     resume = torch.load(latest_checkpoint(tmp_path), weights_only=True)
-    assert set(resume) == {"model", "optimizer", "trainer"} and resume["trainer"]["iteration"] == 2
+    assert set(resume) == {"model", "optimizer", "lr_scheduler", "trainer"} and resume["trainer"]["iteration"] == 2
     assert json.loads((tmp_path / "varnet.json").read_text()) == TINY
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
 
@@ -243,3 +254,23 @@ def test_reference_rows_on_real_4coil_slice(real_dir, tmp_path, capsys):
         print(f"\nreal 4h_GE, equispaced cf 0.04 ({time.perf_counter() - t0:.1f} s)\n" + format_summary(res["summary"]))
     zf, l1 = (next(r for r in res["summary"] if r["method"] == m) for m in ("zero_filled", "l1_wavelet"))
     assert l1["nmse"] < zf["nmse"] and l1["psnr"] > zf["psnr"]
+
+
+def test_multi_gpu_config_trains_batches_on_two_cpu_processes(dataset_dir, tmp_path):
+    """``configs/multi_gpu_train_varnet.json`` under torchrun (gloo on CPU): each rank takes its share of the
+    shape batches; one unwrapped checkpoint."""
+    from conftest import torchrun
+
+    out = tmp_path / "ddp"
+    args = {"dataset_dir": str(dataset_dir), "output_dir": str(out), "accelerations": [4], "epochs": 1, "batch_size": 1,
+            "val_max_slices": 1, "progress_bar": False, "varnet_kwargs": TINY, "center_fractions": 0.08}
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps(args))
+    configs = "['configs/train_varnet.json','configs/multi_gpu_train_varnet.json']"
+    proc = torchrun(["-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(ROOT),
+                     "--args_file", str(args_file)], clean=out)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    ckpt = torch.load(latest_checkpoint(out), weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2  # 4 training slices, batch 1, 2 ranks: 2 steps on each
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert (out / "model.pt").is_file()

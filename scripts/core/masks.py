@@ -15,8 +15,8 @@ Three mask types, all on centred k-space (DC at index ``N // 2``):
 
 A mask is returned as a boolean numpy array that broadcasts against ``(coils, H, W)``
 k-space: ``(1, W)`` for the column masks, ``(H, W)`` for Poisson. :func:`to_varnet_mask`
-gives the shape MONAI's VarNet wants: ``(1, 1, 1, W, 1)`` or ``(1, 1, H, W, 1)`` (see
-``scripts.recon.varnet.ACSCoilSensitivityModel`` for why the 2-D one needs a small subclass).
+gives one sample's VarNet mask, ``(1, 1, 1, W, 1)`` or ``(1, 1, H, W, 1)``; a batch stacks them
+(:class:`scripts.recon.varnet_model.VarNet` takes one mask per sample).
 
 The prior-regularised reconstruction names its patterns by calibration lines instead of a centre
 fraction (:func:`pattern_mask`: ``"equispaced1d"`` R = 5 and ``"poisson"`` R = 8, the published 30

@@ -32,6 +32,7 @@ __all__ = [
     "FastMRIFileError",
     "anonymous_id",
     "ismrmrd_header",
+    "kspace_shape",
     "num_slices",
     "read_fastmri",
     "read_slice",
@@ -135,6 +136,12 @@ def num_slices(path: str | os.PathLike) -> int:
     """Number of slices in a fastMRI file (validates the file)."""
     with _open(path) as f:
         return int(f["kspace"].shape[0])
+
+
+def kspace_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The stored ``kspace`` shape ``(slices, [coils,] H, W)`` of a fastMRI file, without reading data."""
+    with _open(path) as f:
+        return tuple(int(n) for n in f["kspace"].shape)
 
 
 def read_slice(path: str | os.PathLike, index: int, keys: tuple[str, ...] = ("kspace",)) -> dict[str, np.ndarray]:

@@ -1,21 +1,15 @@
-"""VarNet on fastMRI-format k-space: data, network, loss, engine helpers and the training API.
+"""VarNet on fastMRI-format k-space: data, batching, loss, engine helpers and the training API.
 
-The network is MONAI's end-to-end VarNet
-(:class:`~monai.apps.reconstruction.networks.nets.varnet.VariationalNetworkModel`) with a
-:class:`~monai.apps.reconstruction.networks.nets.complex_unet.ComplexUnet` per cascade and a
-coil-sensitivity U-Net on the auto-calibration (ACS) region. MONAI's constraints, and how
-this module meets them:
+The network is :class:`scripts.recon.varnet_model.VarNet` (MONAI's reconstruction parts: residual
+cascades that start as pure data consistency, coil maps from the ACS, one mask per sample); see
+that module for why MONAI's ``VariationalNetworkModel`` is not used as it is. k-space is
+``(B, coils, H, W, 2)`` (real/imaginary last), masks bool ``(B, 1, 1|H, W, 1)``, the output the RSS
+magnitude ``(B, H, W)``; :class:`VarNetLoss` and :class:`SliceReconMetric` centre-crop it to the
+target.
 
-- k-space is ``(B, coils, H, W, 2)`` (real/imaginary last) and the mask is bool with a leading
-  dim of 1, ``(1, 1, 1, W, 1)``: so batch size 1 (MONAI#5886); :func:`prepare_varnet_batch`
-  refuses larger batches.
-- 2-D (Poisson-disc) masks ``(1, 1, H, W, 1)``: the cascades accept them (``torch.where``
-  broadcasts), MONAI's :class:`CoilSensitivityModel` does not (its ACS search evaluates
-  ``bool(mask[..., i, :])``, ambiguous for a column with more than one row).
-  :class:`ACSCoilSensitivityModel` is a drop-in subclass (same parameters and state-dict keys)
-  that uses the largest fully sampled centre box for 2-D masks and MONAI's own code for 1-D.
-- The output is the RSS magnitude ``(B, H, W)``; :class:`VarNetSSIMLoss` and
-  :class:`SliceReconMetric` centre-crop it to the target and add the channel dim.
+Batches: slices of one k-space shape share a batch (:class:`ShapeBatchSampler` groups a dataset's
+slices by shape, so fastMRI folders with several matrix sizes batch without padding or
+resampling the measured data); each slice keeps its own mask and acceleration.
 
 Data (:class:`FastMRISliceDataset`): a slice-level streaming dataset over fastMRI h5 files;
 each item reads ONE slice with :func:`scripts.io.fastmri_h5.read_slice`. Per item:
@@ -61,33 +55,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from monai.apps.reconstruction.networks.nets.coil_sensitivity_model import CoilSensitivityModel
-from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
-from monai.apps.reconstruction.networks.nets.utils import (
-    reshape_batch_channel_to_channel_dim,
-    reshape_channel_to_batch_dim,
-)
-from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
-from monai.apps.reconstruction.mri_utils import root_sum_of_squares_t
 from monai.losses import SSIMLoss
 from monai.metrics import CumulativeIterationMetric
-from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
 from scripts.io.atomic import write_json
 from scripts.io.checkpoint import latest_checkpoint
-from scripts.io.fastmri_h5 import num_slices, read_slice, rss
-from scripts.core.masks import DEFAULT_CENTER_FRACTION, MaskSampler, acs_bounds, to_varnet_mask
+from scripts.io.fastmri_h5 import kspace_shape, read_slice, rss
+from scripts.core.masks import DEFAULT_CENTER_FRACTION, MaskSampler, to_varnet_mask
 from scripts.core.metrics import center_crop, nmse, psnr, ssim
+from scripts.recon.varnet_model import VarNet, build_varnet
 
 __all__ = [
-    "ACSCoilSensitivityModel",
-    "varnet_profile",
     "FastMRISliceDataset",
     "KeyMetricState",
+    "ShapeBatchSampler",
     "SliceReconMetric",
-    "VarNetSSIMLoss",
-    "build_varnet",
+    "VarNetLoss",
     "center_crop_t",
+    "clip_gradients",
     "list_h5",
     "load_varnet",
     "prepare_example",
@@ -95,6 +80,7 @@ __all__ = [
     "read_network_spec",
     "train_varnet",
     "varnet_reconstruct",
+    "varnet_profile",
     "write_network_spec",
 ]
 
@@ -116,50 +102,6 @@ def varnet_profile(name: str = "cpu") -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 # network
 # ----------------------------------------------------------------------------------------------------------------------
-class ACSCoilSensitivityModel(CoilSensitivityModel):
-    """MONAI's coil-sensitivity model, also for 2-D masks ``(1, 1, H, W, 1)`` (Poisson-disc).
-
-    1-D column masks ``(1, 1, 1, W, 1)`` go through MONAI's code unchanged. For a 2-D mask the
-    ACS is the largest fully sampled box around the k-space centre
-    (:func:`scripts.core.masks.acs_bounds`); k-space outside it is zeroed before the inverse FFT and
-    the U-Net, then the maps are normalised to unit RSS, exactly as in the 1-D case. The
-    parameters are MONAI's, so state dicts are interchangeable with the plain model.
-    """
-
-    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.spatial_dims != 2 or mask.shape[-3] == 1:
-            return super().forward(masked_kspace, mask)
-        top, bottom, left, right = acs_bounds(mask.reshape(mask.shape[-3], mask.shape[-2]))
-        x = torch.zeros_like(masked_kspace)
-        x[..., top:bottom, left:right, :] = masked_kspace[..., top:bottom, left:right, :]
-        x = ifftn_centered_t(x, spatial_dims=self.spatial_dims, is_complex=True)
-        x, b = reshape_channel_to_batch_dim(x)
-        x = self.conv_net(x)
-        x = reshape_batch_channel_to_channel_dim(x, b)
-        return x / root_sum_of_squares_t(x, spatial_dim=self.coil_dim).unsqueeze(self.coil_dim)
-
-
-def build_varnet(
-    num_cascades: int,
-    features: Sequence[int],
-    sens_features: Sequence[int],
-    pad_factor: int = 16,
-    acs_2d: bool = True,
-) -> VariationalNetworkModel:
-    """MONAI's VarNet: ``num_cascades`` ComplexUnet cascades plus a coil-sensitivity ComplexUnet.
-
-    The sizes of the CPU and full (MONAI tutorial) profiles are in :func:`varnet_profile`.
-    ``acs_2d=False`` uses MONAI's plain :class:`CoilSensitivityModel` (column masks only; same
-    state dict), e.g. for TorchScript export.
-    """
-    sens_cls = ACSCoilSensitivityModel if acs_2d else CoilSensitivityModel
-    return VariationalNetworkModel(
-        coil_sensitivity_model=sens_cls(spatial_dims=2, features=tuple(sens_features)),
-        refinement_model=ComplexUnet(spatial_dims=2, features=tuple(features), pad_factor=pad_factor),
-        num_cascades=int(num_cascades),
-    )
-
-
 def write_network_spec(output_dir: str | os.PathLike, varnet_kwargs: Mapping[str, Any]) -> Path:
     """Write the network's :func:`build_varnet` kwargs to ``<output_dir>/varnet.json`` (so evaluation rebuilds it)."""
     path = Path(output_dir) / NETWORK_SPEC
@@ -179,7 +121,7 @@ def load_varnet(
     checkpoint: str | os.PathLike,
     varnet_kwargs: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
-) -> VariationalNetworkModel:
+) -> VarNet:
     """A VarNet with the weights of ``checkpoint``, in eval mode.
 
     The architecture comes from ``varnet_kwargs``, else from ``varnet.json`` beside the
@@ -277,9 +219,11 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         self.files = [str(f) for f in data]
         if not self.files:
             raise ValueError("FastMRISliceDataset: no h5 files given (check dataset_dir and its train/ and val/ folders)")
-        self.index = [(f, s) for f in self.files for s in range(num_slices(f))]
+        shapes = {f: kspace_shape(f) for f in self.files}
+        self.index = [(f, s) for f in self.files for s in range(shapes[f][0])]
         if max_slices:
             self.index = self.index[: int(max_slices)]
+        self.shapes = [shapes[f][-2:] for f, _ in self.index]  # (H, W) of each item, for ShapeBatchSampler
         self.mask_sampler = mask_sampler
         self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
         self.fixed_masks = bool(fixed_masks)
@@ -303,19 +247,66 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         return example
 
 
+class ShapeBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset items that share one k-space shape (``dataset.shapes``), shuffled every epoch.
+
+    fastMRI folders mix matrix sizes; measured k-space is neither padded nor resampled, so a batch
+    holds one shape. Each epoch, items are shuffled within their shape, cut into batches of at most
+    ``batch_size`` and the batches shuffled, by a generator seeded with ``seed`` + the epoch count
+    (the same order on every rank; ``None``: seeded from torch's global RNG). Under DDP
+    (``num_replicas`` > 1) every rank gets every ``num_replicas``-th batch; the list is padded by
+    repeating batches so all ranks run the same number of steps.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], batch_size: int, shuffle: bool = True, drop_last: bool = False,
+                 num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
+        self.groups: dict[tuple[int, ...], list[int]] = {}
+        for i, shape in enumerate(shapes):
+            self.groups.setdefault(tuple(int(n) for n in shape), []).append(i)
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.seed, self.epoch = seed, 0
+        if self.batch_size < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"batch_size {batch_size}, rank {rank} of {num_replicas}: invalid")
+
+    def _batches(self) -> list[list[int]]:
+        gen = None
+        if self.shuffle:
+            seed = int(torch.randint(0, 2**62, ()).item()) if self.seed is None else int(self.seed) + self.epoch
+            gen = torch.Generator().manual_seed(seed)
+        self.epoch += 1
+        batches = []
+        for items in self.groups.values():
+            order = [items[i] for i in torch.randperm(len(items), generator=gen)] if gen is not None else list(items)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        if gen is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+        if self.num_replicas > 1 and batches:
+            batches += batches[: (-len(batches)) % self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        n = sum((len(v) // self.batch_size) if self.drop_last else -(-len(v) // self.batch_size) for v in self.groups.values())
+        return -(-n // self.num_replicas) if self.num_replicas > 1 else n
+
+
 def prepare_varnet_batch(
     batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor], dict]:
-    """``prepare_batch`` for MONAI engines: ``(kspace, target, (mask,), {})`` so the network gets ``net(kspace, mask)``."""
-    kspace = batchdata["kspace"]
-    if kspace.shape[0] != 1:
-        raise ValueError(
-            f"MONAI's VarNet takes one mask per batch (leading dim 1, MONAI#5886): use batch_size=1, got {kspace.shape[0]}"
-        )
+    """``prepare_batch`` for MONAI engines: ``(kspace, target, (mask,), {})`` so the network gets ``net(kspace, mask)``;
+    one mask per sample, ``(B, 1, 1|H, W, 1)``."""
     mask = batchdata["mask"]
-    mask = mask.reshape(1, *mask.shape[-4:]) if mask.ndim == 5 else mask[None]
+    if mask.ndim == 4:  # one item's mask (1, 1|H, W, 1) without the batch dim
+        mask = mask[None]
     to = {"device": device, "non_blocking": non_blocking, **kwargs}
-    return kspace.to(**to), batchdata["target"].to(**to), (mask.to(**to),), {}
+    return batchdata["kspace"].to(**to), batchdata["target"].to(**to), (mask.to(**to),), {}
 
 
 @torch.no_grad()
@@ -333,22 +324,42 @@ def varnet_reconstruct(
 # ----------------------------------------------------------------------------------------------------------------------
 # loss and validation metric
 # ----------------------------------------------------------------------------------------------------------------------
-class VarNetSSIMLoss(nn.Module):
-    """``1 - SSIM`` between VarNet's RSS output ``(B, H, W)`` and the target ``(B, h, w)``.
+class VarNetLoss(nn.Module):
+    """``l1_weight * L1 + ssim_weight * (1 - SSIM)`` between VarNet's RSS output ``(B, H, W)`` and the target ``(B, h, w)``.
 
-    The output is centre-cropped to the target; both are divided by the target's max per
-    sample so that MONAI's :class:`~monai.losses.SSIMLoss` runs with ``data_range`` = target max.
-    The window is the fastMRI loss/metric one (7x7 uniform, K1 = 0.01, K2 = 0.03).
+    The output is centre-cropped to the target; both are divided by the target's max per sample,
+    so the L1 term is relative to the slice's brightness and MONAI's :class:`~monai.losses.SSIMLoss`
+    runs with ``data_range`` = the target max, with fastMRI's window (7x7 uniform, K1 = 0.01, K2 =
+    0.03). L1 gives a gradient from the first iteration at any output scale; SSIM, the metric the
+    study reports, refines structure. ``ssim_weight=1, l1_weight=0`` is fastMRI's SSIM loss.
     """
 
-    def __init__(self, win_size: int = 7, kernel_type: str = "uniform", k1: float = 0.01, k2: float = 0.03):
+    def __init__(self, l1_weight: float = 1.0, ssim_weight: float = 1.0, win_size: int = 7, kernel_type: str = "uniform",
+                 k1: float = 0.01, k2: float = 0.03):
         super().__init__()
+        self.l1_weight, self.ssim_weight = float(l1_weight), float(ssim_weight)
         self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0, kernel_type=kernel_type, win_size=win_size, k1=k1, k2=k2)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred = center_crop_t(pred, target.shape[-2:])
+        pred = center_crop_t(pred, target.shape[-2:]).float()
         data_range = target.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        return self.ssim(pred.unsqueeze(1) / data_range, target.unsqueeze(1) / data_range)
+        p, t = pred.unsqueeze(1) / data_range, target.unsqueeze(1) / data_range
+        loss = self.l1_weight * (p - t).abs().mean() if self.l1_weight else p.new_zeros(())
+        return loss + self.ssim_weight * self.ssim(p, t) if self.ssim_weight else loss
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.optim.Optimizer:
+    """Clip the global gradient norm of ``optimizer``'s parameters to ``max_norm`` before every step
+    (a step pre-hook: MONAI's trainers step inside their iteration; under AMP the grad scaler
+    unscales before the step, so the norm is the true one). ``None``/0: no clipping. Returns the optimizer."""
+    if max_norm:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+
+        def clip(*_: Any) -> None:
+            torch.nn.utils.clip_grad_norm_(params, float(max_norm))
+
+        optimizer.register_step_pre_hook(clip)
+    return optimizer
 
 
 class SliceReconMetric(CumulativeIterationMetric):

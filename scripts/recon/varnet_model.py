@@ -13,9 +13,12 @@ it is (measured on this project's data, see ``bench/bench_varnet.py``):
   initialised to zero): at initialisation every cascade is pure data consistency and the
   output is the zero-filled RSS image, on the target's scale; gradients still flow from the
   first iteration (the zero layer's weight gradient is its input times the upstream gradient).
-- **Coil maps at initialisation.** The sensitivity network adds a zero-initialised update to the
-  low-resolution ACS coil images before the RSS normalisation, so it starts from the classic
-  ACS estimate of the maps instead of random ones.
+- **Coil maps.** The sensitivity network adds a zero-initialised update to the low-resolution
+  ACS coil images before the normalisation, so it starts from the classic ACS estimate of the
+  maps instead of random ones; and the normalisation is the complex root-sum-of-squares over the
+  coils (fastMRI's), where MONAI's divides the real and imaginary parts by separate RSS values.
+- **Exact zeros.** The RSS square roots are clamped below the smallest normal number, so exact
+  zeros (noise-free background, zero-padded k-space) do not make the backward pass NaN.
 - **Batches.** MONAI's coil-sensitivity model reads ONE mask per batch (``(1, 1, 1, W, 1)``,
   MONAI#5886). Here the mask is ``(B, 1, 1|H, W, 1)`` (or ``(1, ...)`` shared): the ACS box is
   found per sample and the cascades broadcast per-sample masks, so a batch of slices with
@@ -33,8 +36,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.apps.reconstruction.complex_utils import complex_abs_t
-from monai.apps.reconstruction.mri_utils import root_sum_of_squares_t
 from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
 from monai.apps.reconstruction.networks.nets.utils import (
     complex_normalize,
@@ -49,7 +50,18 @@ from monai.apps.reconstruction.networks.nets.utils import (
 )
 from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
-__all__ = ["ResidualComplexUnet", "SensitivityModel", "VarNet", "VarNetCascade", "acs_lowpass", "build_varnet"]
+__all__ = ["ResidualComplexUnet", "SensitivityModel", "VarNet", "VarNetCascade", "acs_lowpass", "build_varnet", "complex_rss"]
+
+
+def complex_rss(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``sqrt(sum |x|^2)`` over ``dims`` of a real/imaginary-last tensor (``dims`` include the last), keeping them.
+
+    The square root's gradient is infinite at 0 (exact zeros: a noise-free background, zero-padded
+    k-space) and turns the whole backward pass into NaN; below the smallest normal number the
+    sum is clamped, which gives those pixels a zero gradient instead.
+    """
+    s = (x * x).sum(dim=dims, keepdim=True)
+    return s.clamp_min(torch.finfo(s.dtype).tiny).sqrt()
 
 
 class ResidualComplexUnet(ComplexUnet):
@@ -106,7 +118,9 @@ class SensitivityModel(nn.Module):
         x = ifftn_centered_t(acs_lowpass(masked_kspace, mask), spatial_dims=2, is_complex=True)
         x, b = reshape_channel_to_batch_dim(x)  # (B*C, 1, H, W, 2): one U-Net pass per coil image
         x = reshape_batch_channel_to_channel_dim(x + self.refine(x), b)
-        return x / root_sum_of_squares_t(x, spatial_dim=1).clamp_min(self.eps).unsqueeze(1)
+        # the complex RSS over the coils, as fastMRI's divide_root_sum_of_squares (MONAI's model takes the RSS
+        # of the real and imaginary parts separately, which changes the maps' phase)
+        return x / complex_rss(x, dims=(1, -1)).clamp_min(self.eps)
 
 
 class VarNetCascade(nn.Module):
@@ -150,7 +164,8 @@ class VarNet(nn.Module):
         kspace = masked_kspace
         for cascade in self.cascades:
             kspace = cascade(kspace, masked_kspace, mask, maps)
-        return root_sum_of_squares_t(complex_abs_t(ifftn_centered_t(kspace, spatial_dims=2, is_complex=True)), spatial_dim=1)
+        image = ifftn_centered_t(kspace, spatial_dims=2, is_complex=True)
+        return complex_rss(image, dims=(1, -1))[:, 0, ..., 0]
 
 
 def build_varnet(num_cascades: int, features: Sequence[int], sens_features: Sequence[int], pad_factor: int = 16) -> VarNet:

@@ -17,7 +17,10 @@ a killed stage is redone, its outputs being written atomically or overwritten.
    held-out ground-truth ``test`` split (``scripts.recon.evaluate.evaluate_varnet``, fixed masks per
    R), and on the real slices when given; ``realism``: phase-realism metrics of the source on
    the test magnitudes (``scripts.phase.realism``);
-4. ``reference``: zero-filled and L1-wavelet rows on the same test sets;
+4. ``reference``: zero-filled and L1-wavelet rows on the same test sets; ``gate``: the instrument check,
+   the ground-truth VarNet against zero-filled on its own validation split (synthesised ground-truth
+   k-space of the ``val`` split, never the test set): when it does not beat zero-filled at every R in
+   PSNR and SSIM, the report's first line says the instrument failed;
 5. ``report``: ``scripts.studies.varnet_report`` writes markdown, CSVs and figures.
 
 Everything is seeded; the report records every size, seed and data source.
@@ -256,13 +259,14 @@ class Study:
         test_sets = self._test_sets()
         evaluations: dict[str, dict[str, str]] = {name: {} for name in test_sets}
         realism: dict[str, dict] = {}
+        varnets: dict[str, str] = {}
         for source in self.sources:
             kwargs = self._source_kwargs(source, checkpoints)
             settings = {k: v for k, v in self.synthesis.items() if k != "phase_source_kwargs"}
             p = {**base, "source": source, "kwargs": kwargs, "synthesis": settings}
             self.stage(f"synthesize/{source}", p, lambda: self._synthesize(source, kwargs))
             p = {**p, "varnet": self.varnet, "accelerations": self.accelerations, "mask": self.mask_type}
-            checkpoint = self.stage(f"varnet/{source}", p, lambda: self._train_varnet(source))
+            checkpoint = varnets[source] = self.stage(f"varnet/{source}", p, lambda: self._train_varnet(source))
             for name, files in test_sets.items():
                 evaluations[name][source] = self.stage(
                     f"evaluate/{name}/{source}", {**p, "files": files, "evaluation": self.evaluation},
@@ -274,8 +278,15 @@ class Study:
             evaluations[name]["reference"] = self.stage(
                 f"evaluate/{name}/reference", p,
                 lambda: self._evaluate(None, name, files, "reference", ["zero_filled", "l1_wavelet"]))
+        gate = None
+        if "ground_truth" in varnets:  # the instrument check: does VarNet beat zero-filled on its own validation data?
+            files = sorted(str(f) for f in (self.study_dir / "kspace" / "ground_truth" / "val").glob("*.h5"))
+            p = {**base, "checkpoint": varnets["ground_truth"], "files": files, "accelerations": self.accelerations,
+                 "evaluation": self.evaluation}
+            gate = self.stage("gate", p, lambda: self._evaluate(varnets["ground_truth"], "validation", files, "ground_truth",
+                                                                ["varnet", "zero_filled"]))
         from scripts.studies.varnet_report import write_report
 
-        report = write_report(self, evaluations, realism, checkpoints, seconds=time.perf_counter() - t0)
+        report = write_report(self, evaluations, realism, checkpoints, seconds=time.perf_counter() - t0, gate=gate)
         print(f"study report: {report}")
         return report
