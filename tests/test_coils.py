@@ -211,3 +211,14 @@ def test_espirit_bank_is_cached_hashed_and_drawn(tmp_path, monkeypatch):
         match.draw(rng, 6, (40, 40))
     with pytest.raises(FileNotFoundError):
         EspiritMapBank(tmp_path / "missing.npz").build()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CI has none); the CPU path is pinned elsewhere")
+def test_simulate_coils_on_cuda_gives_the_cpu_numbers():
+    rng = np.random.default_rng(0)
+    image = (rng.standard_normal((2, 32, 32)) + 1j * rng.standard_normal((2, 32, 32))).astype(np.complex64)
+    maps = coils.birdcage(4, (32, 32))
+    cpu = coils.simulate_coils(torch.from_numpy(image), maps, noise_std=0.1, generator=torch.Generator().manual_seed(3))
+    gpu = coils.simulate_coils(torch.from_numpy(image).cuda(), maps, noise_std=0.1, generator=torch.Generator().manual_seed(3))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)

@@ -358,6 +358,21 @@ def test_inferer_seeded_padded_and_conditioned(trained):
     assert (x1 - x2).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["ddim", "rflow", "ddpm"])
+def test_inferer_runs_under_bf16_autocast(trained, kind):
+    """Mixed-precision sampling (bf16 autocast, as on a GPU; checked with CPU autocast): the network runs in low
+    precision, the scheduler in float32; the phase stays float32 and close to the float32 result."""
+    net, parser = tiny_network()
+    load_weights(net, trained[0] / "models" / "model.pt").eval()
+    inferer = PhaseSamplingInferer(parser.get_parsed_content(f"schedulers#{kind}"), num_inference_steps=3, num_samples=1)
+    mag = torch.as_tensor(np.abs(_phantom(np.random.default_rng(0))[0]))[None, None]
+    ref = inferer(mag, net, seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = inferer(mag, net, seed=1)
+    assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
+    assert float(torch.angle(torch.exp(1j * (out - ref))).abs().mean()) < 0.5
+
+
 # ------------------------------------------------------------------------------ inference workflow
 def test_inference_workflow(trained, tmp_path, in_root):
     bundle, _ = trained

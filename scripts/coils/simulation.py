@@ -207,15 +207,19 @@ def noise_factor(num_coils: int, noise_std: float = 0.0, noise_cov=None) -> torc
     return torch.from_numpy(chol.astype(np.complex64))
 
 
-def _noise(shape: tuple[int, ...], factor, generator: torch.Generator | None) -> torch.Tensor | None:
-    """Complex Gaussian noise ``(..., C, H, W)`` with per-pixel coil covariance ``L L^H``."""
+def _noise(shape: tuple[int, ...], factor, generator: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
+    """Complex Gaussian noise ``(..., C, H, W)`` with per-pixel coil covariance ``L L^H``, on ``device``.
+
+    Drawn on the generator's device (the CPU without one) and moved: a CPU generator gives the same
+    noise, so the same k-space, whether the images are on the CPU or a GPU."""
+    if isinstance(factor, float) and factor == 0.0:
+        return None
+    z = torch.randn(shape, dtype=torch.complex64, generator=generator,
+                    device=generator.device if generator is not None else "cpu").to(device)  # CN(0, I)
     if isinstance(factor, float):
-        if factor == 0.0:
-            return None
-        return torch.randn(shape, dtype=torch.complex64, generator=generator).mul_(factor)
-    z = torch.randn(shape, dtype=torch.complex64, generator=generator)  # CN(0, I): E|z|^2 = 1
+        return z.mul_(factor)
     c = shape[-3]
-    return (factor @ z.reshape(*shape[:-3], c, -1)).reshape(shape)
+    return (factor.to(device) @ z.reshape(*shape[:-3], c, -1)).reshape(shape)
 
 
 def simulate_coils(image, maps, noise_std: float = 0.0, noise_cov=None, generator: torch.Generator | None = None,
@@ -236,13 +240,13 @@ def simulate_coils(image, maps, noise_std: float = 0.0, noise_cov=None, generato
     """
     x, was_numpy = _as_tensor(image)
     s, _ = _as_tensor(maps)
-    x, s = x.to(torch.complex64), s.to(torch.complex64)
+    x, s = x.to(torch.complex64), s.to(device=x.device, dtype=torch.complex64)  # the image's device
     if x.shape[-2:] != s.shape[-2:]:
         raise ValueError(f"image {tuple(x.shape)} and maps {tuple(s.shape)} differ in size")
     if s.ndim not in (3, 4) or x.ndim not in (2, 3) or (s.ndim == 4 and (x.ndim != 3 or s.shape[0] != x.shape[0])):
         raise ValueError(f"image (H,W)|(S,H,W) and maps (C,H,W)|(S,C,H,W) expected, got {tuple(x.shape)} and {tuple(s.shape)}")
     coil = s * x.unsqueeze(-3)
-    noise = _noise(tuple(coil.shape), noise_factor(s.shape[-3], noise_std, noise_cov), generator)
+    noise = _noise(tuple(coil.shape), noise_factor(s.shape[-3], noise_std, noise_cov), generator, coil.device)
     if noise is not None:
         coil += noise
     k = _fft2c(coil, inverse=False)

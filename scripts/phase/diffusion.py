@@ -231,11 +231,14 @@ class PhaseSamplingInferer(Inferer):
     def _denoise(self, x: torch.Tensor, cond: torch.Tensor, network: torch.nn.Module, gen: torch.Generator) -> torch.Tensor:
         sched = self.scheduler
         timesteps = sched.timesteps
-        next_ts = torch.cat((timesteps[1:], torch.zeros(1, dtype=timesteps.dtype, device=timesteps.device)))
+        # Under torch.autocast (bf16 sampling on a GPU) only the network runs in low precision: the
+        # scheduler's arithmetic stays float32 (autocast also refuses torch.cat of integer timesteps).
+        with torch.autocast(x.device.type, enabled=False):
+            next_ts = torch.cat((timesteps[1:], torch.zeros(1, dtype=timesteps.dtype, device=timesteps.device)))
         for t, t_next in zip(timesteps, next_ts):
             tt = t.to(x.device).expand(x.shape[0])
             tt = tt.float() if isinstance(sched, RFlowScheduler) else tt.long()
-            out = network(torch.cat((x, cond), dim=1), timesteps=tt)
+            out = network(torch.cat((x, cond), dim=1), timesteps=tt).float()
             if isinstance(sched, RFlowScheduler):
                 x, _ = sched.step(out, t, x, t_next)
             elif isinstance(sched, DDIMScheduler):
