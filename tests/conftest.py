@@ -40,6 +40,11 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def python_path() -> str:
+    """``PYTHONPATH`` for a subprocess: the bundle root first, the caller's entries kept."""
+    return os.pathsep.join([str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
 def free_port() -> int:
     import socket
 
@@ -57,7 +62,8 @@ def torchrun(args: list[str], clean: Path | None = None, nproc: int = 2, timeout
     import shutil
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # CPU ranks even on a GPU machine (two ranks on one GPU would get NCCL, which refuses to share a device)
+    env = {**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
     def launch():
         if clean is not None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 from monai.bundle import ConfigParser, verify_metadata
 
-from conftest import ROOT
+from conftest import ROOT, python_path
 
 SCHEMA = ROOT / "configs" / "schema" / "meta_schema_20240725.json"
 
@@ -106,7 +106,7 @@ def test_training_and_inference_run_from_another_folder(tmp_path):
     elsewhere.mkdir()
     # the bundle's package importable, as MONAI Label (sys.path) and the model zoo's CI (PYTHONPATH) make it:
     # MONAI's runner adds the bundle root to sys.path only in run(), after a config's `initialize` step
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path()}
 
     def run(workflow, config, **args):
         args_file = elsewhere / f"{workflow}.json"

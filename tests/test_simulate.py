@@ -15,6 +15,7 @@ import pytest
 import scipy.ndimage as ndi
 import sigpy
 
+from conftest import python_path
 from scripts.core import physics
 from scripts.io.fastmri_h5 import num_slices, read_fastmri, rss
 from scripts.core.physics import head_mask
@@ -274,7 +275,7 @@ def test_bundle_config_runs(tmp_path, repo_root):
     ]  # fmt: skip
     if not (repo_root / "configs" / "metadata.json").exists():
         cmd += ["--meta_file", str(repo_root / "metadata.json")]
-    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "dataset.json").read_text())
