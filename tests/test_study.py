@@ -19,7 +19,7 @@ TINY = {
     "simulate": {"num_subjects": 5, "slices_per_subject": 2},
     "varnet": {"epochs": 1, "progress_bar": False, "varnet_kwargs": {
         "num_cascades": 1, "features": [4, 8, 8, 8, 8, 4], "sens_features": [2, 4, 4, 4, 4, 2]}},
-    "evaluation": {"l1_max_iter": 5, "n_bootstrap": 50},
+    "evaluation": {"l1_max_iter": 5, "n_bootstrap": 50, "l1_lambda_grid": [0.003, 0.03]},
     "realism": {"max_slices": 4, "classifier": {"epochs": 1, "channels": [4, 8, 8]}},
 }
 
@@ -55,6 +55,7 @@ def test_study_writes_the_report(finished):
         assert (out / name).is_file(), name
     text = report.read_text()
     assert "SIMULATED" in text and "R=4 PSNR" in text
+    assert "chosen on the paired `val` split" in text and study.l1_tuning["lambda"] in (0.003, 0.03)
     with open(out / "metrics_test_split.csv") as f:
         rows = list(csv.DictReader(f))
     labels = {(r["label"] if r["method"] == "varnet" else r["method"]) for r in rows}

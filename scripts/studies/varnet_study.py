@@ -17,7 +17,9 @@ a killed stage is redone, its outputs being written atomically or overwritten.
    held-out ground-truth ``test`` split (``scripts.recon.evaluate.evaluate_varnet``, fixed masks per
    R), and on the real slices when given; ``realism``: phase-realism metrics of the source on
    the test magnitudes (``scripts.phase.realism``);
-4. ``reference``: zero-filled and L1-wavelet rows on the same test sets; ``gate``: the instrument check,
+4. ``l1_lambda``: the L1-wavelet lambda chosen on the paired ``val`` split (best mean PSNR over R on a grid,
+   ``evaluation['l1_lambda_grid']``; never on test); ``reference``: zero-filled and L1-wavelet rows on
+   the same test sets; ``gate``: the instrument check,
    the ground-truth VarNet against zero-filled on its own validation split (synthesised ground-truth
    k-space of the ``val`` split, never the test set): when it does not beat zero-filled at every R in
    PSNR and SSIM, the report's first line says the instrument failed;
@@ -228,8 +230,24 @@ class Study:
         out = self.study_dir / "eval" / test_set / label
         evaluate_varnet(checkpoint, files, out, accelerations=self.accelerations, mask_type=self.mask_type,
                         center_fraction=self.center_fraction, seed=self.seed, methods=methods, label=label,
-                        **self.evaluation)
+                        **{k: v for k, v in self.evaluation.items() if k != "l1_lambda_grid"})
         return str(out)
+
+    def _tune_l1_lambda(self, files: Sequence[str]) -> dict:
+        """The L1-wavelet lambda of the reference rows, chosen on the paired VALIDATION split (never on test): the
+        grid value with the best mean PSNR over the study's accelerations (``evaluation['l1_lambda_grid']``)."""
+        import numpy as np
+
+        from scripts.recon.evaluate import evaluate_varnet
+
+        settings = {k: v for k, v in self.evaluation.items() if k not in ("l1_lambda", "l1_lambda_grid")}
+        scores = {}
+        for lam in self.evaluation["l1_lambda_grid"]:
+            result = evaluate_varnet(None, files, None, accelerations=self.accelerations, mask_type=self.mask_type,
+                                     center_fraction=self.center_fraction, seed=self.seed, methods=["l1_wavelet"],
+                                     l1_lambda=float(lam), **{"max_slices_per_volume": 4, **settings})
+            scores[float(lam)] = float(np.mean([r["psnr_slice_mean"] for r in result["summary"]]))
+        return {"lambda": max(scores, key=scores.get), "val_psnr": scores}
 
     def _realism(self, source: str, kwargs: Mapping[str, Any]) -> dict:
         from scripts.phase.realism import phase_realism
@@ -273,6 +291,12 @@ class Study:
                     lambda: self._evaluate(checkpoint, name, files, source, ["varnet"]))
             realism[source] = self.stage(f"realism/{source}", {**p, "realism": self.realism},
                                          lambda: self._realism(source, kwargs))
+        if self.evaluation.get("l1_lambda_grid"):
+            val = sorted(str(f) for f in (self.dataset_dir / "val").glob("*.h5"))
+            tuned = self.stage("l1_lambda", {**base, "files": val, "accelerations": self.accelerations,
+                                             "evaluation": self.evaluation}, lambda: self._tune_l1_lambda(val))
+            self.evaluation = {**self.evaluation, "l1_lambda": tuned["lambda"]}
+            self.l1_tuning = tuned
         for name, files in test_sets.items():
             p = {**base, "files": files, "accelerations": self.accelerations, "evaluation": self.evaluation}
             evaluations[name]["reference"] = self.stage(
