@@ -342,17 +342,13 @@ class PhysicsPhase:
 # ----------------------------------------------------------------------------------------
 
 
-def _bundle_root():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[2]
-
-
 def _checkpoint(path, default: str) -> str:
     """``path``, or the bundle's default weights file ``default`` (relative to the bundle root)."""
     from pathlib import Path
 
-    p = Path(path) if path else _bundle_root() / default
+    from scripts.configs import ROOT
+
+    p = Path(path) if path else ROOT / default
     if not p.is_file():
         raise FileNotFoundError(f"no weights at {p}: train the model first or pass checkpoint=PATH")
     return str(p)

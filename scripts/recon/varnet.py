@@ -31,7 +31,7 @@ Training API: :func:`train_varnet` runs ``configs/train_varnet.json`` through MO
 ``ConfigWorkflow`` and returns the best checkpoint (``<output_dir>/model.pt``, a plain state
 dict, best by validation SSIM). ``<output_dir>`` also holds ``checkpoint_iteration=N.pt``
 (every ``checkpoint_interval`` iterations) and ``checkpoint_final_iteration=N.pt`` (at the end
-or on an exception), each ``{"model", "optimizer", "trainer"}``: a rerun with ``resume=True``
+or on an exception), each ``{"model", "optimizer", "lr_scheduler", "trainer"}``: a rerun with ``resume=True``
 (default) restores the newest of them (:func:`scripts.io.checkpoint.latest_checkpoint`) with
 ``CheckpointLoader`` and continues from that
 iteration (keep ``epoch_length`` unchanged), and :class:`KeyMetricState` keeps the best score
@@ -58,6 +58,7 @@ import torch.nn as nn
 from monai.losses import SSIMLoss
 from monai.metrics import CumulativeIterationMetric
 
+from scripts.configs import CONFIG_DIR, ROOT
 from scripts.io.atomic import write_json
 from scripts.io.checkpoint import latest_checkpoint
 from scripts.io.fastmri_h5 import kspace_shape, read_slice, rss
@@ -84,31 +85,26 @@ __all__ = [
     "write_network_spec",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 NETWORK_SPEC = "varnet.json"
 BEST_CHECKPOINT = "model.pt"
-
-
-
-def varnet_profile(name: str = "cpu") -> dict[str, Any]:
-    """The :func:`build_varnet` kwargs of profile ``name`` (``"cpu"``, ``"full"``), defined once, in
-    ``configs/train_varnet.json#varnet_profiles``."""
-    profiles = json.loads((ROOT / "configs" / "train_varnet.json").read_text())["varnet_profiles"]
-    if name not in profiles:
-        raise ValueError(f"unknown VarNet profile {name!r}; configs/train_varnet.json has {sorted(profiles)}")
-    return dict(profiles[name])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # network
 # ----------------------------------------------------------------------------------------------------------------------
+def varnet_profile(name: str = "cpu") -> dict[str, Any]:
+    """The :func:`build_varnet` kwargs of profile ``name`` (``"cpu"``, ``"full"``), defined once, in
+    ``configs/train_varnet.json#varnet_profiles``."""
+    profiles = json.loads((CONFIG_DIR / "train_varnet.json").read_text())["varnet_profiles"]
+    if name not in profiles:
+        raise ValueError(f"unknown VarNet profile {name!r}; configs/train_varnet.json has {sorted(profiles)}")
+    return dict(profiles[name])
+
+
 def write_network_spec(output_dir: str | os.PathLike, varnet_kwargs: Mapping[str, Any]) -> Path:
     """Write the network's :func:`build_varnet` kwargs to ``<output_dir>/varnet.json`` (so evaluation rebuilds it)."""
-    path = Path(output_dir) / NETWORK_SPEC
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in dict(varnet_kwargs).items()}
-    path.write_text(json.dumps(spec, indent=2) + "\n")
-    return path
+    return write_json(Path(output_dir) / NETWORK_SPEC, spec, sort_keys=False)
 
 
 def read_network_spec(checkpoint: str | os.PathLike) -> dict[str, Any] | None:

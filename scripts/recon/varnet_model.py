@@ -50,6 +50,8 @@ from monai.apps.reconstruction.networks.nets.utils import (
 )
 from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
+from scripts.core.masks import acs_bounds
+
 __all__ = ["ResidualComplexUnet", "SensitivityModel", "VarNet", "VarNetCascade", "acs_lowpass", "build_varnet", "complex_rss"]
 
 
@@ -93,8 +95,6 @@ def acs_lowpass(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     k-space centre (all rows for a column mask), grown one side at a time as
     :func:`scripts.core.masks.acs_bounds` does, per sample.
     """
-    from scripts.core.masks import acs_bounds
-
     out = torch.zeros_like(kspace)
     m = mask[..., 0].reshape(mask.shape[0], mask.shape[-3], mask.shape[-2])  # (B|1, 1|H, W)
     for b in range(kspace.shape[0]):

@@ -186,7 +186,7 @@ def _provenance(study) -> list[str]:
         f"{study.center_fraction}, R = {study.accelerations} (mixed during training, fixed per slice at test).",
         (f"- L1-wavelet lambda {study.l1_tuning['lambda']:g}, chosen on the paired `val` split (mean PSNR over R per "
          f"lambda: {json.dumps(study.l1_tuning['val_psnr'])}); never tuned on a test set."
-         if getattr(study, "l1_tuning", None) else
+         if study.l1_tuning else
          f"- L1-wavelet lambda {study.evaluation.get('l1_lambda', 0.005)} (fixed in the config, not tuned)."),
         "- Test set `test_split`: the ground-truth k-space of the held-out `test` split"
         + (" (simulated data: results prove the pipeline, not the science)." if simulated else "."),

@@ -156,6 +156,7 @@ class Study:
         self.real_test_dir = Path(real_test_dir) if real_test_dir and Path(real_test_dir).is_dir() else None
         self.config_dir = Path(config_dir)
         self.num_threads = num_threads  # torch CPU threads; small CPU-sized nets run fastest on one
+        self.l1_tuning: dict | None = None  # set by run() when evaluation has an l1_lambda_grid
         self.stage = StageRunner(self.study_dir, "study")
         self.timings = self.stage.timings
 
@@ -224,13 +225,16 @@ class Study:
                                                                     self.image_size))
         return sets
 
-    def _evaluate(self, checkpoint: str | None, test_set: str, files, label: str, methods) -> str:
+    def _evaluate(self, checkpoint: str | None, test_set: str, files, label: str, methods,
+                  evaluation: Mapping[str, Any] | None = None) -> str:
+        """Evaluator rows of ``methods`` on ``files``; ``evaluation``: the settings (default: the study's)."""
         from scripts.recon.evaluate import evaluate_varnet
 
         out = self.study_dir / "eval" / test_set / label
+        settings = evaluation if evaluation is not None else self.evaluation
         evaluate_varnet(checkpoint, files, out, accelerations=self.accelerations, mask_type=self.mask_type,
                         center_fraction=self.center_fraction, seed=self.seed, methods=methods, label=label,
-                        **{k: v for k, v in self.evaluation.items() if k != "l1_lambda_grid"})
+                        **{k: v for k, v in settings.items() if k != "l1_lambda_grid"})
         return str(out)
 
     def _tune_l1_lambda(self, files: Sequence[str]) -> dict:
@@ -291,17 +295,17 @@ class Study:
                     lambda: self._evaluate(checkpoint, name, files, source, ["varnet"]))
             realism[source] = self.stage(f"realism/{source}", {**p, "realism": self.realism},
                                          lambda: self._realism(source, kwargs))
+        reference = dict(self.evaluation)  # the reference rows' settings: the L1 lambda tuned on validation
         if self.evaluation.get("l1_lambda_grid"):
             val = sorted(str(f) for f in (self.dataset_dir / "val").glob("*.h5"))
-            tuned = self.stage("l1_lambda", {**base, "files": val, "accelerations": self.accelerations,
-                                             "evaluation": self.evaluation}, lambda: self._tune_l1_lambda(val))
-            self.evaluation = {**self.evaluation, "l1_lambda": tuned["lambda"]}
-            self.l1_tuning = tuned
+            self.l1_tuning = self.stage("l1_lambda", {**base, "files": val, "accelerations": self.accelerations,
+                                                      "evaluation": self.evaluation}, lambda: self._tune_l1_lambda(val))
+            reference["l1_lambda"] = self.l1_tuning["lambda"]
         for name, files in test_sets.items():
-            p = {**base, "files": files, "accelerations": self.accelerations, "evaluation": self.evaluation}
+            p = {**base, "files": files, "accelerations": self.accelerations, "evaluation": reference}
             evaluations[name]["reference"] = self.stage(
                 f"evaluate/{name}/reference", p,
-                lambda: self._evaluate(None, name, files, "reference", ["zero_filled", "l1_wavelet"]))
+                lambda: self._evaluate(None, name, files, "reference", ["zero_filled", "l1_wavelet"], reference))
         gate = None
         if "ground_truth" in varnets:  # the instrument check: does VarNet beat zero-filled on its own validation data?
             files = sorted(str(f) for f in (self.study_dir / "kspace" / "ground_truth" / "val").glob("*.h5"))
