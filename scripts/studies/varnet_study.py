@@ -11,7 +11,9 @@ a killed stage is redone, its outputs being written atomically or overwritten.
    through ``configs/train.json`` / ``configs/train_gan.json`` (``ConfigWorkflow``), which receive the
    study's ``image_size``, ``num_coils`` and seed (:meth:`Study.workflow_overrides`);
 3. per phase source: ``synthesize``: the magnitude of the ``train`` and ``val`` splits (the
-   "magnitude-only archive") gets phase from the source, simulated coils and noise, and is
+   "magnitude-only archive") gets phase from the source, coil maps (``synthesis['maps']``: simulated
+   birdcage, or ``espirit``: a bank of ESPIRiT maps of the paired ``train`` k-space built by the
+   ``coil_bank`` stage) and noise, and is
    written as fastMRI k-space (``scripts.synthesis.synthesize``); ``varnet``: a VarNet trained on it
    (``scripts.recon.varnet.train_varnet``, mixed accelerations); ``evaluate``: that VarNet on the
    held-out ground-truth ``test`` split (``scripts.recon.evaluate.evaluate_varnet``, fixed masks per
@@ -48,6 +50,7 @@ __all__ = ["PHASE_SOURCES", "Study", "prepare_real_test_set"]
 
 PHASE_SOURCES = ("ground_truth", "diffusion", "gan", "physics", "smooth", "sinusoidal", "uniform", "zero")
 LEARNED = {"diffusion": "train_diffusion", "gan": "train_gan"}
+SYNTHESIS_MAPS_KEYS = ("phase_source_kwargs", "maps", "birdcage", "bank")  # study settings, not Synthesizer arguments
 
 
 def prepare_real_test_set(real_dir: str | os.PathLike, output_dir: str | os.PathLike, image_size: int) -> list[str]:
@@ -198,15 +201,31 @@ class Study:
             kwargs["network_overrides"] = {k: v for k, v in self.diffusion.items() if k.startswith("unet_")}
         return kwargs
 
+    def coil_maps(self):
+        """The coil-map source of synthesis (``synthesis['maps']``): ``"birdcage"`` (simulated, the default) or
+        ``"espirit"``: a bank of ESPIRiT maps of the paired ``train`` k-space (``synthesis['bank']``: the bank's
+        settings), i.e. the coils of the scanner the archive came from, as a user with a few raw scans would do."""
+        from scripts.coils import simulation
+
+        kind = self.synthesis.get("maps", "birdcage")
+        if kind == "birdcage":
+            return simulation.BirdcageMaps(**self.synthesis.get("birdcage", {}))
+        if kind == "espirit":
+            return simulation.EspiritMapBank(self.study_dir / "coil_bank.npz", reference=self.dataset_dir / "train",
+                                             **self.synthesis.get("bank", {}))
+        raise ValueError(f"synthesis maps must be 'birdcage' or 'espirit', got {kind!r}")
+
     def _synthesize(self, source: str, kwargs: Mapping[str, Any]) -> dict:
         from scripts.synthesis.synthesize import Synthesizer
 
-        settings = {k: v for k, v in self.synthesis.items() if k != "phase_source_kwargs"}
+        settings = {k: v for k, v in self.synthesis.items() if k not in SYNTHESIS_MAPS_KEYS}
+        maps = self.coil_maps()
         out = {}
         for split in ("train", "val"):
             synth = Synthesizer(self.dataset_dir / split, self.study_dir / "kspace" / source / split,
                                 phase_source=source, phase_source_kwargs=dict(kwargs), num_coils=self.num_coils,
-                                image_size=self.image_size, seed=self.seed, overwrite=True, **settings)
+                                image_size=self.image_size, seed=self.seed, overwrite=True, coil_maps=maps,
+                                **settings)
             out[split] = synth.run()
         return out
 
@@ -278,6 +297,10 @@ class Study:
                        lambda: prepare_paired_split(files, self.dataset_dir / split, self.image_size))
         checkpoints = {s: self.stage(LEARNED[s], {**base, **self.workflow_overrides(s)[1]}, lambda s=s: self._train_learned(s))
                        for s in self.sources if s in LEARNED}
+        if self.synthesis.get("maps") == "espirit":
+            bank = {**base, "files": sorted(str(p) for p in (self.dataset_dir / "train").glob("*.h5")),
+                    "bank": self.synthesis.get("bank", {})}
+            self.stage("coil_bank", bank, lambda: str(self.coil_maps().build()))
         test_sets = self._test_sets()
         evaluations: dict[str, dict[str, str]] = {name: {} for name in test_sets}
         realism: dict[str, dict] = {}
