@@ -24,7 +24,14 @@ from scripts.io.atomic import (
     write_json,
     write_text,
 )
-from scripts.io.checkpoint import RNGState, checkpoint_iteration, latest_checkpoint, load_weights
+from scripts.io.checkpoint import (
+    AtomicCheckpointSaver,
+    RNGState,
+    checkpoint_iteration,
+    latest_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+)
 from scripts.io.tables import write_csv
 
 PI32 = np.float32(np.pi)
@@ -137,6 +144,138 @@ def test_rng_state_round_trip():
     torch.rand(5), np.random.rand(5)
     RNGState().load_state_dict(state)
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
+# ------------------------------------------------------------------------------ checkpoint saver
+FULL = {"save_interval": 2, "epoch_level": False, "n_saved": 2, "save_final": True}
+
+
+def _tiny_run(saver_cls, folder, metrics=(0.5, 0.7, 0.6), epoch_hook=None, full=FULL):
+    """Epochs of 2 iterations (each adds 1 to the weights) under a full-state saver (``full``: its
+    arguments) and two key-metric savers (fixed ``model.pt``; top 2 by name), as the configs use them."""
+    from ignite.engine import Engine, Events
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+
+    engine = Engine(step)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _metric(e):  # attached first: the savers see this epoch's value
+        e.state.metrics["m"] = metrics[e.state.epoch - 1]
+
+    if epoch_hook is not None:
+        engine.add_event_handler(Events.EPOCH_STARTED, epoch_hook)
+    savers = [
+        saver_cls(str(folder), {"model": net, "trainer": engine}, **full),
+        saver_cls(str(folder), {"model": net}, save_key_metric=True, key_metric_name="m", key_metric_filename="model.pt"),
+        saver_cls(str(folder), {"net": net}, file_prefix="top", save_key_metric=True, key_metric_name="m", key_metric_n_saved=2),
+    ]
+    for saver in savers:
+        saver.attach(engine)
+    engine.run([0, 1], max_epochs=len(metrics))
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_atomic_saver_writes_monai_file_names_and_contents(tmp_path):
+    from monai.handlers import CheckpointSaver
+
+    _tiny_run(CheckpointSaver, tmp_path / "monai")
+    _tiny_run(AtomicCheckpointSaver, tmp_path / "atomic")
+    names = sorted(p.name for p in (tmp_path / "monai").iterdir())
+    assert names == ["checkpoint_final_iteration=6.pt", "checkpoint_iteration=4.pt", "checkpoint_iteration=6.pt", "model.pt",
+                     "top_net_key_metric=0.6000.pt", "top_net_key_metric=0.7000.pt"]
+    assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == names, "same names, no temporary files"
+    for name in names:
+        ours, theirs = (torch.load(tmp_path / d / name, weights_only=True) for d in ("atomic", "monai"))
+        assert _equal(ours, theirs), name
+    assert torch.equal(torch.load(tmp_path / "atomic" / "model.pt", weights_only=True)["weight"][0],
+                       torch.load(tmp_path / "atomic" / "checkpoint_iteration=4.pt", weights_only=True)["model"]["weight"][0])
+
+
+@pytest.mark.parametrize("failing", ["interval", "best"])
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failing):
+    """Epoch 2's save dying half-written (its interval checkpoint, or its better ``model.pt``) leaves
+    epoch 1's file whole and no temporary file (MONAI's saver deletes the old file first)."""
+    real_save = torch.save
+
+    def half_then_fail(obj, f, **kwargs):
+        if failing == "best" and "trainer" in obj:
+            return real_save(obj, f, **kwargs)
+        real_save(obj, f, **kwargs)
+        data = open(f, "rb").read()
+        open(f, "wb").write(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    def fail_from_epoch_2(engine):
+        if engine.state.epoch == 2:
+            monkeypatch.setattr(torch, "save", half_then_fail)
+
+    full = {"save_interval": 1, "epoch_level": True, "n_saved": 1}
+    with pytest.raises(OSError, match="disk full"):
+        _tiny_run(AtomicCheckpointSaver, tmp_path, metrics=(0.5, 0.7), epoch_hook=fail_from_epoch_2, full=full)
+    monkeypatch.undo()
+    interval = "checkpoint_epoch=1.pt" if failing == "interval" else "checkpoint_epoch=2.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [interval, "model.pt", "top_net_key_metric=0.5000.pt"]
+    best = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert _equal(best, torch.load(tmp_path / "top_net_key_metric=0.5000.pt", weights_only=True)), "epoch 1's best"
+    assert torch.load(tmp_path / interval, weights_only=True)["trainer"]["iteration"] == 2 * int(interval[-4])
+
+
+_KILLED_WRITER = """
+import sys, time, torch
+from ignite.engine import Engine, Events
+from scripts.io.checkpoint import AtomicCheckpointSaver
+
+real_save = torch.save
+
+def half_then_hang(obj, f, **kwargs):  # a large save caught half-way by SIGKILL
+    real_save(obj, f, **kwargs)
+    data = open(f, "rb").read()
+    with open(f, "wb") as out:
+        out.write(data[: len(data) // 2])
+    print("writing", flush=True)
+    time.sleep(120)
+
+torch.save = half_then_hang
+net = torch.nn.Linear(2, 2)
+engine = Engine(lambda e, b: None)
+engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(m=1.0))
+AtomicCheckpointSaver(sys.argv[1], {"model": net}, save_key_metric=True, key_metric_name="m",
+                      key_metric_filename="model.pt").attach(engine)
+engine.run([0], max_epochs=1)
+"""
+
+
+def test_a_killed_save_keeps_model_pt_and_the_next_start_removes_its_temporary(tmp_path):
+    from conftest import python_path
+
+    previous = torch.nn.Linear(2, 2).state_dict()
+    torch.save(previous, tmp_path / "model.pt")
+    env = {**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.kill()
+        proc.wait()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and left[1] == "model.pt" and re.fullmatch(rf"\.model\.pt\.{proc.pid}\.[0-9a-f]{{8}}\.tmp", left[0])
+    assert _equal(torch.load(tmp_path / "model.pt", weights_only=True), previous), "model.pt untouched"
+    live = tmp_path / f".model.pt.{os.getpid()}.0123abcd.tmp"  # a running writer's: kept
+    live.write_bytes(b"")
+    AtomicCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, save_key_metric=True, key_metric_filename="model.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "model.pt"]
+    assert remove_stale_temporaries(tmp_path / "missing") == []
 
 
 # ------------------------------------------------------------------------------ phase wrap

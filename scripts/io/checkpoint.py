@@ -1,21 +1,104 @@
-"""Training checkpoints: find the one to resume from, load weights safely, checkpoint the RNGs.
+"""Training checkpoints: save them atomically, find the one to resume from, load weights safely,
+checkpoint the RNGs.
 
 Every training workflow of the bundle (diffusion, GAN, image prior, VarNet) saves full-state
-checkpoints with Ignite's ``CheckpointSaver`` (``checkpoint_iteration=N.pt`` every few
-iterations, plus a final one) holding at least ``{"model", "trainer"}``, and resumes from
+checkpoints with :class:`AtomicCheckpointSaver` (MONAI's ``CheckpointSaver``, written through
+:func:`scripts.io.atomic.atomic_path`: ``checkpoint_iteration=N.pt`` every few iterations,
+plus a final one) holding at least ``{"model", "trainer"}``, and resumes from
 :func:`latest_checkpoint`. Everything is loaded with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointSaver
 
-__all__ = ["RNGState", "checkpoint_iteration", "latest_checkpoint", "load_weights", "unwrap"]
+from scripts.io.atomic import atomic_path, stale_temporaries
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "RNGState",
+    "checkpoint_iteration",
+    "latest_checkpoint",
+    "load_weights",
+    "remove_stale_temporaries",
+    "unwrap",
+]
+
+
+# Why the project wraps MONAI's saver: monai.handlers.CheckpointSaver writes with Ignite's
+# DiskSaver(atomic=False), i.e. torch.save straight onto the final name, and Ignite's Checkpoint
+# deletes the file it replaces (the previous best ``model.pt``, the oldest of ``n_saved``, the
+# previous final checkpoint) before the new one is written. A job killed while saving then
+# leaves a truncated file, or no ``model.pt`` at all. (Ignite's atomic=True mode is no cure: its
+# NamedTemporaryFile is never fsynced, and a killed writer's ``tmpXXXXXXXX`` is never removed.)
+_TEMPORARY = re.compile(r"\.(?P<name>.+\.pt)\.\d+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.pt.<pid>.<token>.tmp`` files that dead writers left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = sorted({m["name"] for p in folder.iterdir() if (m := _TEMPORARY.fullmatch(p.name))})
+    stale = [tmp for name in names for tmp in stale_temporaries(folder / name)]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` writing through :func:`~scripts.io.atomic.atomic_path` (fsync, ``os.replace``).
+
+    ``filename`` fixes the saved name, as MONAI's saver does (``model.pt``): the previous file is
+    replaced, never deleted first. The other removals Ignite asks for (the oldest of ``n_saved``,
+    a previous final checkpoint) are done once the next checkpoint is complete on disk.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, **kwargs: Any):
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self.filename = filename
+        self._pending: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename if self.filename is not None else filename, metadata)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        if func is not torch.save:  # xm.save (XLA) writes on the master only: Ignite's own route
+            return super()._save_func(checkpoint, path, func)
+        with atomic_path(path) as tmp:
+            func(checkpoint, tmp, **self.kwargs)
+        pending, self._pending = self._pending, []
+        for name in pending:
+            if name != path.name:  # a name saved again has just been replaced
+                (self.dirname / name).unlink(missing_ok=True)
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None and idist.get_rank() == self.save_on_rank:
+            self._pending.append(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments, file names and contents) saving through
+    :class:`AtomicDiskSaver`; on construction it deletes the temporary files of dead writers
+    in ``save_dir`` (:func:`remove_stale_temporaries`)."""
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any):
+        super().__init__(save_dir, save_dict, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=checkpoint.save_handler.filename)
+        remove_stale_temporaries(save_dir)
 
 
 def checkpoint_iteration(path: str | os.PathLike) -> int | None:
