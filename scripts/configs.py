@@ -29,12 +29,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_DIR", "ROOT", "SOURCE_DIR", "expand", "generated", "parsed", "run_bundle"]
+__all__ = ["CONFIG_DIR", "ROOT", "SOURCE_DIR", "as_bool", "expand", "generated", "parsed", "run_bundle"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 SOURCE_DIR = CONFIG_DIR / "source"
 MACRO = "%"
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A config switch as a bool: ``True``/``False`` or the strings ``true``/``false``/``1``/``0`` (any case).
+
+    The command line hands ``--key false`` over as the string ``'false'``, which Python reads as true."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def parsed(config: str, item: str, **overrides: Any) -> Any:

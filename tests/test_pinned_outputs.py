@@ -104,7 +104,8 @@ def magnitude_folder(tmp_path_factory) -> Path:
 def test_synthesis_bytes(magnitude_folder, tmp_path, source):
     out = tmp_path / "out"
     Synthesizer(magnitude_folder, out, phase_source=source, num_coils=2, image_size=32, noise_std=0.01, seed=3).run()
-    files = sorted(out.glob("*.h5")) + [out / "manifest.jsonl", out / "skipped.json"]
+    report = Path(f"{out}_report")  # the manifest and skip report live beside the h5 folder, not in it
+    files = sorted(out.glob("*.h5")) + [report / "manifest.jsonl", report / "skipped.json"]
     assert {p.name: sha(p.read_bytes()) for p in files} == SYNTHESIZED[source]
     assert not list(out.rglob("*.tmp")), "no temporary file left behind"
 

@@ -89,9 +89,14 @@ def run(archive, out, **kw) -> dict:
     return Synthesizer(archive, out, **{**SETTINGS, **kw}).run()
 
 
+def report_of(out: Path) -> Path:
+    """The default report folder of an output folder: its sibling ``<out>_report``."""
+    return Path(f"{out}_report")
+
+
 def digests(out: Path) -> dict[str, str]:
     """sha256 of every output that must be reproducible (h5 files, merged manifest, skipped report)."""
-    files = sorted(out.glob("*.h5")) + [out / "manifest.jsonl", out / "skipped.json"]
+    files = sorted(out.glob("*.h5")) + [report_of(out) / "manifest.jsonl", report_of(out) / "skipped.json"]
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -107,7 +112,7 @@ def test_outputs_round_trip_through_monai_reader(archive, reference_run):
 
     out, summary, _ = reference_run
     assert summary["written"] == 5 and summary["skipped"] == 2 and summary["merged"]
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (report_of(out) / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["output"] for r in records) == sorted(p.name for p in out.glob("*.h5"))
     for r in records:
         data = FastMRIReader().read(str(out / r["output"]))
@@ -123,7 +128,7 @@ def test_outputs_round_trip_through_monai_reader(archive, reference_run):
         assert np.sqrt(np.mean((recon - np.abs(image)) ** 2)) < 0.05
         assert r["coil_maps"]["per_slice"] and len(r["coil_maps"]["specs"]) == r["num_slices"]
     assert {r["kind"] for r in records} == {"nifti", "png", "dicom"}
-    skipped = json.loads((out / "skipped.json").read_text())
+    skipped = json.loads((report_of(out) / "skipped.json").read_text())
     assert len(skipped) == 2 and all(s["input"] and s["reason"] for s in skipped)
     assert any("all zero" in s["reason"] for s in skipped)
     # the reported keys can be located locally
@@ -155,7 +160,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_bytes(archive, reference_ru
     monkeypatch.setattr(synth, "write_fastmri", killed_on_third)
     with pytest.raises(KeyboardInterrupt):
         run(archive, out)
-    assert len(list(out.glob("*.h5"))) == 2 and not (out / "manifest.jsonl").exists()
+    assert len(list(out.glob("*.h5"))) == 2 and not (report_of(out) / "manifest.jsonl").exists()
     monkeypatch.setattr(synth, "write_fastmri", real_write)
     next(iter(sorted(out.glob("*.h5")))).unlink()  # and one finished output is lost too
     summary = run(archive, out)
@@ -176,10 +181,10 @@ def test_shards_cover_every_input_exactly_once(archive, reference_run, tmp_path,
         summary = run(archive, out)
         assert summary["merged"] == (rank == 2), "the merged manifest appears when the last part lands"
         parts.append({json.loads(line)["output"] for line in
-                      (out / "_parts" / f"manifest-r{rank:05d}-of-00003.jsonl").read_text().splitlines()})
+                      (report_of(out) / "_parts" / f"manifest-r{rank:05d}-of-00003.jsonl").read_text().splitlines()})
     assert sum(len(p) for p in parts) == len(set().union(*parts)) == 5  # disjoint and complete
     assert digests(out) == ref  # sharding changes no byte, manifest included
-    assert merge_manifests(out, 3) and digests(out) == ref
+    assert merge_manifests(report_of(out), 3) and digests(out) == ref
     units = list(range(11))
     assert sorted(sum((shard(units, r, 4) for r in range(4)), [])) == units
 
@@ -218,7 +223,7 @@ def test_no_patient_data_in_any_output_or_log(tmp_path, caplog):
         cwd=ROOT, capture_output=True, timeout=300)
     assert cli.returncode == 0, cli.stderr.decode()[-3000:]
     assert b"done:" in cli.stderr + cli.stdout
-    blobs = {str(p): p.read_bytes() for d in (out, tmp_path / "cli") for p in d.rglob("*") if p.is_file()}
+    blobs = {str(p): p.read_bytes() for d in (out, tmp_path / "cli") for d in (d, report_of(d)) for p in d.rglob("*") if p.is_file()}
     blobs["h5 strings"] = _all_strings(out).encode() + _all_strings(tmp_path / "cli").encode()
     blobs["pytest log"] = caplog.text.encode()
     blobs["cli log"] = cli.stdout + cli.stderr
@@ -236,7 +241,7 @@ def test_espirit_bank_maps_in_the_pipeline(archive, tmp_path):
                           kernel_width=5, max_iter=20)
     summary = run(archive, tmp_path / "out", coil_maps=bank, num_coils=[4, 6])  # compressed from the 8-coil entry
     assert summary["written"] == 5
-    for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines():
+    for line in (report_of(tmp_path / "out") / "manifest.jsonl").read_text().splitlines():
         r = json.loads(line)
         assert r["coil_maps"]["source"] == "espirit" and r["coil_maps"]["bank_hash"] == bank.hash
         assert r["num_coils"] in (4, 6) and all(s["bank_coils"] == 8 for s in r["coil_maps"]["specs"])

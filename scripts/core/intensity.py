@@ -28,7 +28,11 @@ def magnitude_reference(magnitude: np.ndarray | torch.Tensor) -> float:
         raise ValueError("magnitude contains NaN or Inf")
     ref = float(np.percentile(np.abs(values), PERCENTILE))
     if not ref > 0:
-        raise ValueError("magnitude is all zero (99.5th percentile is 0)")
+        nonzero = int(np.count_nonzero(values))
+        if nonzero == 0:
+            raise ValueError("magnitude is all zero")
+        raise ValueError(f"magnitude has almost no signal: {nonzero} of {values.size} pixels are non-zero, "
+                         f"so its {PERCENTILE}th percentile (the intensity scale) is 0")
     return ref
 
 

@@ -46,8 +46,11 @@ class FastMRIFileError(ValueError):
 
 
 def anonymous_id(*parts: object) -> str:
-    """A non-identifying, stable identifier: the first 16 hex digits of a sha256 of ``parts``."""
-    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+    """A non-identifying, stable identifier: the first 16 hex digits of a sha256 of ``parts``.
+
+    File names that are not UTF-8 (``os.walk`` gives them surrogate-escaped) hash as their raw bytes.
+    """
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def rss(kspace: np.ndarray, coil_axis: int = -3) -> np.ndarray:

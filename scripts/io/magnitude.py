@@ -1,6 +1,7 @@
 """Read magnitude-only MRI (DICOM, NIfTI, PNG, TIFF, fastMRI h5) as stacks of 2-D slices.
 
 Every reader returns a :class:`MagnitudeVolume`: ``magnitude`` is ``(slices, H, W)`` float32
+(an array; for NIfTI an array-like read slice by slice, ``np.asarray`` it for the whole stack)
 in the **original scanner units** (DICOM RescaleSlope/Intercept and NIfTI ``scl_slope`` applied,
 nothing else). Normalisation is the caller's job and is always done with
 :mod:`scripts.core.intensity`: each slice is divided by its own 99.5th percentile
@@ -25,9 +26,12 @@ result with ``nib.Nifti1Image(slices_to_volume(vol, out), vol.affine)``.
   orders by InstanceNumber only, takes a whole folder as one series and ignores per-frame
   functional groups. A series in a folder shared with other series is the unit
   ``<folder>#series-<anonymous id of its UID>`` (:func:`find_inputs` makes them).
-- NIfTI (MONAI ``NibabelReader``): the stored ``(x, y, z[, t])`` order; complex data -> ``|z|``.
+- NIfTI (MONAI ``NibabelReader``): the stored ``(x, y, z[, t])`` order; complex data -> ``|z|``;
+  RGB24/RGBA32 voxels follow the colour policy below. Along the third axis (the default) the
+  slices stay on disk (:class:`NiftiSlices`: ``magnitude[i]`` reads one slice, ``np.asarray``
+  all), so memory is a few slices whatever the volume; other slice axes read the whole volume.
 - PNG (MONAI ``PILReader``), TIFF (``tifffile``): ``(H, W)`` as displayed, identity affine;
-  16-bit kept. Colour policy: an RGB(A)/palette image is accepted only when R == G == B
+  16-bit kept; complex TIFF -> modulus. Colour policy: an RGB(A)/palette image is accepted only when R == G == B
   (a grey image saved as RGB) and any alpha channel is fully opaque; otherwise it is an
   error, never a silent conversion. Multi-page TIFF is a ``(H, W, pages)`` volume.
 - fastMRI h5 (:mod:`scripts.io.fastmri_h5`): ``|image_complex|`` when the file is a paired
@@ -40,7 +44,8 @@ result with ``nib.Nifti1Image(slices_to_volume(vol, out), vol.affine)``.
 
 2-D inputs are ``(H, W, 1)`` volumes (``slice_axis`` is reported as 2 whatever was asked).
 Bad input raises :class:`MagnitudeInputError` with the one-line message ``"<path>: <reason>"``.
-Rejected: unreadable/truncated/non-image files, non-MR DICOM, colour images, NaN/Inf, an
+Rejected: unreadable/truncated/non-image/empty files, non-MR DICOM, compressed DICOM without
+an installed decoder (the message says which to install), colour images, NaN/Inf, an
 all-zero volume (single all-zero slices inside a volume are kept; ``scripts.core.intensity``
 refuses them per slice), slices smaller than 8x8, more than 4 dimensions, and clearly
 signed data (minimum below -1% of the maximum; smaller negative values, e.g. interpolation
@@ -49,13 +54,15 @@ ringing, are clipped to 0).
 Privacy: no identifying DICOM header value (names, IDs, dates, institutions, UIDs) is kept,
 logged or put into an error message (messages quote at most the Modality code). ``id`` is :func:`scripts.io.fastmri_h5.anonymous_id` of the kind, the
 path relative to ``root`` and the SeriesInstanceUID; pydicom datasets are dropped as soon as
-their pixels and geometry are read; pydicom warnings (which can quote header values) are
-silenced while reading. ``source`` is the input path, for error and skip reports only.
+their pixels and geometry are read; pydicom warnings and log records (which can quote header
+values, and decoder tracebacks) are silenced while reading. ``source`` is the input path, for error and skip reports only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import operator
 import os
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -68,7 +75,7 @@ import tifffile
 from monai.config import KeysCollection
 from monai.data import NibabelReader, PILReader
 from monai.transforms import MapTransform
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, get_decoder
 
 from scripts.io import fastmri_h5
 from scripts.io.fastmri_h5 import FastMRIFileError, anonymous_id
@@ -78,6 +85,7 @@ __all__ = [
     "LoadMagnituded",
     "MagnitudeInputError",
     "MagnitudeVolume",
+    "NiftiSlices",
     "find_inputs",
     "iter_magnitude_volumes",
     "load_magnitude",
@@ -114,7 +122,7 @@ class MagnitudeVolume:
     id: str
     source: str
     kind: str
-    magnitude: np.ndarray
+    magnitude: np.ndarray | NiftiSlices  # NIfTI: slices stay on disk until indexed (see NiftiSlices)
     affine: np.ndarray
     slice_axis: int
     frames: int = 1  # volumes along the 4th axis, concatenated along the slices (1 for 2-D/3-D)
@@ -157,11 +165,24 @@ def _kind(path: str) -> str | None:
         return None
 
 
-def _series_uid(path: str) -> str | None:
-    """SeriesInstanceUID from the header only (None if unreadable or absent)."""
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Mute pydicom's warnings and its logger (decoder tracebacks, header values) while reading."""
+    log = logging.getLogger("pydicom")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _series_uid(path: str) -> str | None:
+    """SeriesInstanceUID from the header only (None if unreadable or absent)."""
+    try:
+        with _quiet_pydicom():
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         return str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds else None
     except Exception:
@@ -189,14 +210,49 @@ def _dicom_units(folder: str, files: list[str]) -> list[str]:
     return units
 
 
-def find_inputs(root: str | os.PathLike) -> list[str]:
-    """Sorted input units under ``root``: image files and DICOM series (hidden files skipped)."""
-    root = str(root)
+def find_inputs(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = (),
+                problems: list[tuple[str, str]] | None = None) -> list[str]:
+    """Sorted input units under ``root``: image files and DICOM series (hidden files and folders skipped).
+
+    Symbolic links to folders outside ``root`` are followed, each real folder once (a link into
+    ``root`` is walked under its real path). ``exclude``: folders whose contents are never inputs
+    (e.g. an output folder inside ``root``). ``problems`` receives ``(path, reason)`` for folders
+    that cannot be read and for links not followed (loops, folders already visited); they are not
+    errors. A missing ``root`` raises ``FileNotFoundError``.
+    """
+    root = os.fspath(root)
     if os.path.isfile(root):
         return [root]
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"input folder {root} does not exist")
+    problems = [] if problems is None else problems
+    excluded = [os.path.realpath(e) for e in exclude]
+    base = os.path.realpath(root)
+
+    def inside(path: str, folders: Sequence[str]) -> bool:
+        return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+    def unreadable(error: OSError) -> None:
+        problems.append((str(error.filename), f"cannot read folder ({error.strerror or type(error).__name__})"))
+
+    if inside(base, excluded):
+        return []
+    visited = {base}
     units: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
+            if inside(real, excluded):
+                continue
+            if real in visited or (os.path.islink(path) and inside(real, [base])):
+                looped = inside(os.path.realpath(dirpath), [real])
+                problems.append((path, "symbolic link loop" if looped else "already visited"))
+                continue
+            visited.add(real)
+            kept.append(d)
+        dirnames[:] = kept
         dicoms = []
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
@@ -225,6 +281,9 @@ def _fg(ds: pydicom.Dataset, frame: int, sequence: str, keyword: str):
 
 def _check_dicom(ds: pydicom.Dataset, path: str) -> None:
     """Refuse non-MR, colour and phase/real/imaginary images (reasons quote no free-text header value)."""
+    has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    if not has_pixels and "Modality" not in ds:
+        raise MagnitudeInputError(path, "truncated or incomplete DICOM file: it ends before the Modality and the pixel data")
     modality = str(ds.get("Modality", "")).strip()
     if modality != "MR":
         shown = modality if modality.isalnum() and len(modality) <= 4 else "missing"
@@ -236,8 +295,38 @@ def _check_dicom(ds: pydicom.Dataset, path: str) -> None:
     component = str(ds.get("ComplexImageComponent", "")).upper()
     if image_type & _NOT_MAGNITUDE or component in {"PHASE", "REAL", "IMAGINARY"}:
         raise MagnitudeInputError(path, "DICOM ImageType/ComplexImageComponent marks a phase, real or imaginary image")
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise MagnitudeInputError(path, "DICOM file has no pixel data")
+    if not has_pixels:
+        raise MagnitudeInputError(path, "DICOM file has no pixel data (truncated, or not an image)")
+
+
+def _decode_dicom(ds: pydicom.Dataset, path: str) -> np.ndarray:
+    """``ds.pixel_array``, with the cause named when it fails: truncated data or a missing/failing decoder."""
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    try:
+        compressed = syntax is not None and bool(syntax.is_compressed)
+    except (AttributeError, ValueError):  # not a known transfer syntax: pydicom's own error below
+        compressed = False
+    if "PixelData" in ds and not compressed:
+        frames = int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+        expected = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames * bits + 7) // 8
+        if len(ds.PixelData) < expected:
+            raise MagnitudeInputError(path, f"truncated DICOM pixel data ({len(ds.PixelData)} of {expected} bytes)")
+    if compressed:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            raise MagnitudeInputError(path, f"{syntax.name} pixel data: pydicom has no decoder for it") from None
+        if not decoder.is_available:
+            needs = "; ".join(m.split(" - requires ", 1)[-1] for m in decoder.missing_dependencies)
+            raise MagnitudeInputError(path, f"{syntax.name} pixel data: no decoder installed (install one of: {needs})")
+    try:
+        return ds.pixel_array
+    except Exception as e:
+        if compressed:  # the decoders' own messages are not quoted: they may echo header values
+            tried = ", ".join(get_decoder(syntax).available_plugins)
+            raise MagnitudeInputError(path, f"corrupt or undecodable {syntax.name} pixel data (tried: {tried})") from None
+        raise MagnitudeInputError(path, f"unreadable DICOM pixel data ({type(e).__name__})") from None
 
 
 def _read_dicom_file(path: str) -> tuple[list[dict], str]:
@@ -247,10 +336,7 @@ def _read_dicom_file(path: str) -> tuple[list[dict], str]:
     except Exception as e:
         raise MagnitudeInputError(path, f"not a readable DICOM file ({type(e).__name__})") from None
     _check_dicom(ds, path)
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:
-        raise MagnitudeInputError(path, f"unreadable DICOM pixel data ({type(e).__name__})") from None
+    pixels = _decode_dicom(ds, path)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     pixels = pixels.reshape(n_frames, *pixels.shape[-2:]) if pixels.ndim == 2 or n_frames > 1 else pixels
     if pixels.ndim != 3:
@@ -341,8 +427,7 @@ def _dicom_files(unit: str | Sequence[str]) -> tuple[list[str], str, str]:
 def _read_dicom(unit: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray, str, str, str]:
     files, source, id_path = _dicom_files(unit)
     frames, uids = [], set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warnings may quote header values
+    with _quiet_pydicom():  # pydicom warnings and log records may quote header values
         for f in files:
             file_frames, uid = _read_dicom_file(f)
             frames += file_frames
@@ -356,14 +441,89 @@ def _read_dicom(unit: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray, str,
 # ----------------------------------------------------------------------------- other formats
 
 
-def _read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Data (scl_slope applied) and affine through MONAI's ``NibabelReader``."""
-    reader = NibabelReader()
+class NiftiSlices:
+    """``(frames * n, H, W)`` float32 magnitude slices of a NIfTI file, left on disk until indexed.
+
+    ``[i]`` reads one slice through nibabel's array proxy (slices along the third axis are contiguous
+    in the file, so a pass in order reads it once, ``.nii.gz`` included); ``np.asarray`` reads all.
+    The values are those of the in-memory readers; the constructor reads every slice once to
+    validate them (NaN/Inf, all zero, signed), so a bad file fails at loading.
+    """
+
+    ndim, dtype = 3, np.dtype(np.float32)
+
+    def __init__(self, dataobj, source: str) -> None:
+        self._dataobj, self._source, self._clip = dataobj, source, False
+        shape, _, self.frames = _layout(dataobj.shape, 2, source)
+        self.shape = (self.frames * shape[2], shape[0], shape[1])
+        finite, peak, low = True, -np.inf, np.inf
+        for i in range(self.shape[0]):
+            data = self[i]
+            finite = finite and bool(np.all(np.isfinite(data)))
+            if not finite:
+                break
+            peak, low = max(peak, float(data.max())), min(low, float(data.min()))
+        self._clip = _check_range(peak, low, finite, source)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:  # no path
+        return f"NiftiSlices(shape={self.shape})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, index) -> np.ndarray:
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
+        if isinstance(first, slice):  # read only the slices asked for
+            rows = range(len(self))[first]
+            out = np.empty((len(rows), *self.shape[1:]), np.float32)
+            for k, i in enumerate(rows):
+                out[k] = self[i]
+            return out[(slice(None), *rest)]
+        if not isinstance(first, (int, np.integer)):
+            return np.asarray(self)[index]
+        i = operator.index(first) + (len(self) if first < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"slice {first} out of range for {len(self)} slices")
+        frame, z = divmod(i, self.shape[0] // self.frames)
+        where = (slice(None), slice(None), z, frame, 0, 0, 0)[: len(self._dataobj.shape)]  # (x, y, z, t, 1...)
+        try:
+            data = _scalar_pixels(np.asarray(self._dataobj[where]), self._source).astype(np.float32)
+        except MagnitudeInputError:
+            raise
+        except Exception as e:
+            short = isinstance(e, EOFError) or "bytes" in str(e)  # nibabel: "Expected N bytes, got M bytes"
+            cause = "truncated NIfTI data" if short else "unreadable NIfTI data"
+            raise MagnitudeInputError(self._source, f"{cause} ({type(e).__name__})") from None
+        data = np.maximum(data, 0.0) if self._clip else data
+        return data[rest] if rest else data
+
+
+def _read_nifti(path: str, slice_axis: int) -> tuple[np.ndarray | NiftiSlices, np.ndarray]:
+    """Data (scl_slope applied) and affine: nibabel, through MONAI's ``NibabelReader.read``.
+
+    Slices along the third axis (the default) stay on disk as :class:`NiftiSlices`; reformatting
+    along another axis reads the whole volume.
+    """
     try:
-        data, meta = reader.get_data(reader.read(path))
+        img = NibabelReader().read(path, keep_file_open=True)
+        if slice_axis == 2 or len(img.shape) == 2:
+            return NiftiSlices(img.dataobj, path), np.asarray(img.affine, dtype=float)
+        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=float)
+    except MagnitudeInputError:
+        raise
     except Exception as e:
         raise MagnitudeInputError(path, f"not a readable NIfTI file ({type(e).__name__})") from None
-    return np.abs(data) if np.iscomplexobj(data) else data, np.asarray(meta["affine"], dtype=float)
+
+
+def _scalar_pixels(data: np.ndarray, path: str) -> np.ndarray:
+    """Complex -> modulus; structured RGB(A) pixels (NIfTI RGB24/RGBA32) -> the grey rule of :func:`_grey`."""
+    if data.dtype.names:
+        data = _grey(np.stack([data[name] for name in data.dtype.names], axis=-1), path)
+    return np.abs(data) if np.iscomplexobj(data) else data
 
 
 def _grey(data: np.ndarray, path: str) -> np.ndarray:
@@ -448,34 +608,46 @@ def _read_fastmri(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 # ----------------------------------------------------------------------------- common
 
 
-def _to_slices(volume: np.ndarray, slice_axis: int, source: str) -> tuple[np.ndarray, int, int]:
-    """Validate a volume and cut it into ``(frames * n, H, W)`` float32 slices along ``slice_axis``."""
-    volume = np.asarray(volume)
-    while volume.ndim > 3 and volume.shape[-1] == 1:
-        volume = volume[..., 0]
-    if volume.ndim > 4:
-        raise MagnitudeInputError(source, f"{volume.ndim}-D array {volume.shape}: at most 4 dimensions are supported")
-    if volume.ndim < 2:
-        raise MagnitudeInputError(source, f"{volume.ndim}-D array is not an image")
-    if volume.ndim == 2:
-        volume, slice_axis = volume[..., None], 2
-    volume = volume.astype(np.float32)
-    if not np.all(np.isfinite(volume)):
+def _layout(shape: Sequence[int], slice_axis: int, source: str) -> tuple[tuple[int, ...], int, int]:
+    """Check an array shape: ``(x, y, z[, t])`` without trailing singleton axes (2-D: ``z`` = 1), slice axis, frames."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 4:
+        raise MagnitudeInputError(source, f"{len(shape)}-D array {shape}: at most 4 dimensions are supported")
+    if len(shape) < 2:
+        raise MagnitudeInputError(source, f"{len(shape)}-D array is not an image")
+    if 0 in shape:
+        raise MagnitudeInputError(source, f"empty image: shape {shape} has a zero-length dimension")
+    if len(shape) == 2:
+        shape, slice_axis = (*shape, 1), 2
+    h, w = (n for k, n in enumerate(shape[:3]) if k != slice_axis)
+    if min(h, w) < MIN_SIZE:
+        raise MagnitudeInputError(source, f"slices of {h}x{w} are smaller than {MIN_SIZE}x{MIN_SIZE}")
+    return shape, slice_axis, shape[3] if len(shape) == 4 else 1
+
+
+def _check_range(peak: float, low: float, finite: bool, source: str) -> bool:
+    """Refuse NaN/Inf, all-zero and signed data; ``True`` when small negative values must be clipped to 0."""
+    if not finite:
         raise MagnitudeInputError(source, "image contains NaN or Inf")
-    peak, low = float(volume.max()), float(volume.min())
     if peak <= 0 and low >= 0:
         raise MagnitudeInputError(source, "image is all zero")
-    if low < 0:
-        if -low > NEGATIVE_TOLERANCE * max(peak, 0.0):
-            raise MagnitudeInputError(source, f"signed image (min {low:.4g}, max {peak:.4g}): not a magnitude image")
+    if low < 0 and -low > NEGATIVE_TOLERANCE * max(peak, 0.0):
+        raise MagnitudeInputError(source, f"signed image (min {low:.4g}, max {peak:.4g}): not a magnitude image")
+    return low < 0
+
+
+def _to_slices(volume: np.ndarray, slice_axis: int, source: str) -> tuple[np.ndarray, int, int]:
+    """Validate a volume and cut it into ``(frames * n, H, W)`` float32 slices along ``slice_axis``."""
+    volume = _scalar_pixels(np.asarray(volume), source)
+    shape, slice_axis, frames = _layout(volume.shape, slice_axis, source)
+    volume = volume.reshape(*shape[:3], frames).astype(np.float32)
+    finite = bool(np.all(np.isfinite(volume)))
+    if _check_range(float(volume.max()) if finite else 0.0, float(volume.min()) if finite else 0.0, finite, source):
         volume = np.maximum(volume, 0.0)
-    frames = volume.shape[3] if volume.ndim == 4 else 1
-    stacked = np.moveaxis(volume.reshape(*volume.shape[:3], frames), (3, slice_axis), (0, 1))
-    slices = np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[2:]))
-    if min(slices.shape[1:]) < MIN_SIZE:
-        h, w = slices.shape[1:]
-        raise MagnitudeInputError(source, f"slices of {h}x{w} are smaller than {MIN_SIZE}x{MIN_SIZE}")
-    return slices, slice_axis, frames
+    stacked = np.moveaxis(volume, (3, slice_axis), (0, 1))
+    return np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[2:])), slice_axis, frames
 
 
 def _relative(path: str, root: str | os.PathLike | None) -> str:
@@ -512,7 +684,7 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
         else:
             source = id_path = unit
             if kind == "nifti":
-                volume, affine = _read_nifti(unit)
+                volume, affine = _read_nifti(unit, slice_axis)
             elif kind == "png":
                 volume = _read_png(unit)
             elif kind == "tiff":
@@ -526,7 +698,10 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
     except Exception as e:  # any other library failure on a strange file is a bad input, not a crash
         shown = unit if isinstance(unit, str) else list(unit)
         raise MagnitudeInputError(shown, f"unreadable {kind} input ({type(e).__name__})") from None
-    magnitude, slice_axis, frames = _to_slices(volume, slice_axis, source)
+    if isinstance(volume, NiftiSlices):
+        magnitude, slice_axis, frames = volume, 2, volume.frames
+    else:
+        magnitude, slice_axis, frames = _to_slices(volume, slice_axis, source)
     return MagnitudeVolume(
         id=anonymous_id(kind, _relative(id_path, root), uid),
         source=source,
@@ -541,8 +716,15 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
 
 def iter_magnitude_volumes(root: str | os.PathLike, slice_axis: int = 2,
                            bad: list[BadInput] | None = None) -> Iterator[MagnitudeVolume]:
-    """Yield every readable unit under ``root`` (one in memory at a time); bad ones go to ``bad`` and the log."""
-    for unit in find_inputs(root):
+    """Yield every readable unit under ``root`` (one in memory at a time); bad ones (and folders or links
+    :func:`find_inputs` could not walk) go to ``bad`` and the log."""
+    problems: list[tuple[str, str]] = []
+    units = find_inputs(root, problems=problems)
+    for path, reason in problems:
+        logger.warning("skipped %s: %s", path, reason)
+        if bad is not None:
+            bad.append(BadInput(source=path, reason=reason))
+    for unit in units:
         try:
             volume = load_magnitude(unit, slice_axis, root=root)
         except MagnitudeInputError as e:
@@ -569,7 +751,7 @@ class LoadMagnituded(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             volume = load_magnitude(d[key], self.slice_axis, root=self.root)
-            d[key] = volume.magnitude
+            d[key] = np.asarray(volume.magnitude)
             d[f"{key}_id"] = volume.id
             d[f"{key}_info"] = {"id": volume.id, "kind": volume.kind, "affine": volume.affine,
                                 "slice_axis": volume.slice_axis, "frames": volume.frames}

@@ -6,12 +6,21 @@ Entry point (``configs/synthesize.json``)::
         --input_dir DIR --output_dir OUT --phase_source NAME
 
 For every input unit under ``input_dir`` (:func:`scripts.io.magnitude.find_inputs`: a NIfTI/PNG/
-TIFF/fastMRI file or one DICOM series), one file per phase sample
-``OUT/<key>_s<k>.h5`` is written through :func:`scripts.io.fastmri_h5.write_fastmri`:
+TIFF/fastMRI file or one DICOM series; ``OUT`` and ``REPORT`` are never read as inputs), one file per
+phase sample ``OUT/<key>_s<k>.h5`` is written through :func:`scripts.io.fastmri_h5.write_fastmri`:
 ``kspace`` (slices, coils, H, W) complex64, ``reconstruction_rss``, ``image_complex``
 (slices, H, W) = magnitude * exp(i phase) (the coil-combined complex image, normalised units)
-and an attribute ``synthesis`` (JSON: the manifest record below). Then ``OUT/manifest.jsonl``
-(one record per output, sorted) and ``OUT/skipped.json`` (bad inputs and why).
+and an attribute ``synthesis`` (JSON: the manifest record below). ``OUT`` holds nothing but these
+files (fastMRI's ``SliceDataset`` opens every entry of its folder); the report goes to ``REPORT``
+(``report_dir``, default the sibling ``<OUT>_report``): ``manifest.jsonl`` (one record per output,
+sorted), ``skipped.json`` (bad inputs and why) and, opt-in, ``input_map.PRIVATE.json``.
+
+Input boundary: whatever one input raises (reading, normalising, phase, writing) skips that input
+only: it is logged as one line ``<key>: <reason>`` (:func:`reject_input`; the innermost cause,
+paths scrubbed) and listed in ``skipped.json`` with what :func:`scripts.io.magnitude.find_inputs`
+could not list. ``MemoryError`` and ``KeyboardInterrupt`` end the run. A missing or empty
+``input_dir``, or a shard whose inputs all failed, ends it with :class:`NoUsableInput` (one line,
+exit status 1 from ``python -m monai.bundle run``).
 
 Pipeline per unit: the magnitude volume is divided by its volume-wide 99.5th percentile
 (:func:`scripts.core.intensity.magnitude_reference`; the factor is recorded as ``magnitude_scale``, so
@@ -35,18 +44,23 @@ Archive scale:
   unless ``overwrite=True``.
 - Sharding: under ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``) rank ``r``
   takes units ``r, r + W, r + 2W, ...`` of the sorted input list; no process group is needed.
-  Each rank writes ``OUT/_parts/{manifest,skipped}-r<rank>-of-<W>.*``; the rank that finds all
+  Each rank writes ``REPORT/_parts/{manifest,skipped}-r<rank>-of-<W>.*``; the rank that finds all
   ``W`` parts present merges them (atomically) into ``manifest.jsonl`` / ``skipped.json``.
   :func:`merge_manifests` (config id ``merge_manifest``) does the same by hand.
+- Concurrent runs: two processes on one ``OUT`` with the same settings both finish with every
+  output intact (temporary names are per process, every file is replaced atomically, nothing
+  deletes a live process's files).
 
 Privacy: no path, file name or header value of an input reaches any output or log line.
 Inputs are named by ``key`` = :func:`input_key` (a sha256 of the path relative to
 ``input_dir``); the manifest has the magnitude reader's anonymous ``input_id`` and that key;
 skipped inputs are reported as ``{"input": key, "reason": ...}`` with every component of the
 input's path scrubbed from the reason. To find a reported input, run :func:`locate_inputs`
-locally (it prints paths to your own console, never to the outputs). The one exception is
+locally (it prints paths to your own console, never to the outputs), or opt in to
+``write_input_map`` (``REPORT/input_map.PRIVATE.json``: key -> relative path). The one exception is
 MONAI's runner itself, which echoes its command-line arguments (``--input_dir``/``--output_dir``)
-in its log: do not name the archive root after a patient.
+in its log (and :class:`NoUsableInput` names a missing or empty ``input_dir``): do not name the
+archive root after a patient.
 """
 
 from __future__ import annotations
@@ -65,19 +79,33 @@ import numpy as np
 import torch
 
 from scripts.coils import simulation as coils
-from scripts.io.atomic import stale_temporaries, write_text
+from scripts.configs import as_bool
+from scripts.io.atomic import stale_temporaries, write_json, write_text
 from scripts.io.fastmri_h5 import anonymous_id, write_fastmri
 from scripts.core.intensity import magnitude_reference
 from scripts.io.magnitude import MagnitudeInputError, find_inputs, load_magnitude
 from scripts.phase.sources import get_phase_source
 
-__all__ = ["Synthesizer", "derive_seed", "input_key", "locate_inputs", "merge_manifests", "shard"]
+__all__ = ["NoUsableInput", "Synthesizer", "derive_seed", "failure_reason", "input_key", "list_inputs", "locate_inputs",
+           "merge_manifests", "reject_input", "shard", "write_input_map"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 SKIPPED = "skipped.json"
 PARTS = "_parts"
+INPUT_MAP = "input_map.PRIVATE.json"
+
+
+class NoUsableInput(SystemExit):
+    """A batch run that made nothing: its input folder is missing or empty, or every input failed.
+
+    A ``SystemExit`` (exit status 1, the message as the one line on the console) because MONAI wraps any
+    ``Exception`` of a config expression into "Failed to evaluate ConfigExpression" under a long traceback.
+    """
+
+    def __str__(self) -> str:
+        return str(self.code)
 
 
 def derive_seed(*parts: object) -> int:
@@ -145,13 +173,55 @@ class _Unusable(ValueError):
     """This volume cannot be synthesised (the magnitude or the phase source refuses it): skip and report."""
 
 
-def merge_manifests(output_dir: str | os.PathLike, world_size: int | None = None) -> bool:
-    """Merge the per-rank parts into ``manifest.jsonl`` and ``skipped.json`` once all are present.
+def failure_reason(error: BaseException | str, unit: str, root: str | os.PathLike) -> str:
+    """One line saying why ``unit`` failed: the innermost cause as ``Type: message`` (a reader's or the
+    synthesiser's refusal: its message), every path of the input scrubbed."""
+    if isinstance(error, BaseException):
+        while error.__cause__ is not None:  # MONAI and Ignite wrap the real cause ("applying transform ...")
+            error = error.__cause__
+        if isinstance(error, MagnitudeInputError):
+            error = error.reason
+        elif not isinstance(error, _Unusable):
+            error = f"{type(error).__name__}: {error}"
+    return _scrub(" ".join(str(error).split()), unit, root)
+
+
+def reject_input(unit: str, root: str | os.PathLike, error: BaseException | str) -> dict:
+    """The report entry ``{"input": key, "reason": ...}`` of a failed input, logged as the line ``<key>: <reason>``."""
+    entry = {"input": input_key(unit, root), "reason": failure_reason(error, unit, root)}
+    logger.warning("%s: %s", entry["input"], entry["reason"])
+    return entry
+
+
+def list_inputs(root: str | os.PathLike, exclude: Sequence[str | os.PathLike], workflow: str) -> tuple[list[str], list[dict]]:
+    """``(units, rejected)``: :func:`scripts.io.magnitude.find_inputs` of ``root`` without the ``exclude`` folders
+    (a run's own outputs) and the report entries of what could not be listed; :class:`NoUsableInput` when the
+    folder is missing or holds nothing."""
+    problems: list = []
+    try:
+        units = find_inputs(root, exclude=[os.fspath(e) for e in exclude], problems=problems)
+    except FileNotFoundError:
+        raise NoUsableInput(f"{workflow}: input_dir {os.fspath(root)} does not exist") from None
+    if not units and not problems:
+        raise NoUsableInput(f"{workflow}: no input (DICOM, NIfTI, PNG, TIFF, fastMRI h5) under input_dir {os.fspath(root)}")
+    return units, [reject_input(path, root, reason) for path, reason in problems]
+
+
+def write_input_map(folder: str | os.PathLike, root: str | os.PathLike, units: Sequence[str]) -> Path:
+    """``folder/input_map.PRIVATE.json``: ``{key: path relative to root}`` (opt-in: it names the inputs, keep it private)."""
+    base = os.path.abspath(root)
+    mapping = {input_key(u, root): Path(os.path.relpath(os.path.abspath(u), base)).as_posix() for u in units}
+    return write_json(Path(folder) / INPUT_MAP, mapping)
+
+
+def merge_manifests(report_dir: str | os.PathLike, world_size: int | None = None) -> bool:
+    """Merge the per-rank parts of ``report_dir`` into its ``manifest.jsonl`` and ``skipped.json`` once all are present.
 
     Returns ``True`` when merged. ``world_size`` defaults to ``WORLD_SIZE`` (or the only world
-    size the parts were written with).
+    size the parts were written with). Parts and merged files are only ever replaced atomically, so
+    processes merging at once all leave complete files.
     """
-    out = Path(output_dir)
+    out = Path(report_dir)
     parts = out / PARTS
     if world_size is None:
         env = os.environ.get("WORLD_SIZE")
@@ -182,7 +252,9 @@ class Synthesizer:
 
     Args:
         input_dir: archive root (any mix of DICOM series, NIfTI, PNG, TIFF, fastMRI h5).
-        output_dir: where the h5 files, ``manifest.jsonl`` and ``skipped.json`` go.
+        output_dir: where the h5 files go (nothing else: fastMRI's ``SliceDataset`` opens every entry of it).
+        report_dir: where ``manifest.jsonl``, ``skipped.json`` and the per-rank ``_parts/`` go
+            (``None``: the sibling folder ``<output_dir>_report``).
         phase_source, phase_source_kwargs: :func:`scripts.phase.sources.get_phase_source` arguments.
         coil_maps: a :class:`scripts.coils.simulation.MapSource` (default :class:`scripts.coils.simulation.BirdcageMaps`).
         num_coils: coils per output (4 to 32), or a list to draw the count from per volume.
@@ -195,6 +267,7 @@ class Synthesizer:
         acquisition: the fastMRI ``acquisition`` attribute.
         rank, world_size: shard; default from ``RANK`` / ``WORLD_SIZE``.
         overwrite: replace outputs made with other settings instead of raising.
+        write_input_map: also write ``report_dir/input_map.PRIVATE.json`` (key -> input path; names the inputs).
     """
 
     def __init__(self, input_dir: str | os.PathLike, output_dir: str | os.PathLike, phase_source: str = "zero",
@@ -202,8 +275,11 @@ class Synthesizer:
                  num_coils: int | Sequence[int] = 8, image_size: int | None = None, seed: int = 0,
                  samples_per_volume: int = 1, noise_std: float = 0.0, noise_cov=None, maps_per_slice: bool = True,
                  slice_axis: int = 2, acquisition: str = "SYNTHETIC",
-                 rank: int | None = None, world_size: int | None = None, overwrite: bool = False) -> None:
+                 rank: int | None = None, world_size: int | None = None, overwrite: bool = False,
+                 report_dir: str | os.PathLike | None = None, write_input_map: bool = False) -> None:
         self.input_dir, self.output_dir = Path(input_dir), Path(output_dir)
+        self.report_dir = Path(f"{self.output_dir}_report") if report_dir in (None, "") else Path(report_dir)
+        self.write_input_map = as_bool(write_input_map, "write_input_map")
         self.phase_source_name = str(phase_source)
         self.phase_source_kwargs = dict(phase_source_kwargs or {})
         self.coil_maps = coil_maps if coil_maps is not None else coils.BirdcageMaps()
@@ -216,9 +292,10 @@ class Synthesizer:
         self.image_size = None if image_size in (None, 0) else int(image_size)
         self.seed, self.samples = int(seed), int(samples_per_volume)
         self.noise_std, self.noise_cov = float(noise_std), (None if noise_cov is None else np.asarray(noise_cov))
-        self.maps_per_slice, self.slice_axis, self.acquisition = bool(maps_per_slice), int(slice_axis), str(acquisition)
+        self.maps_per_slice = as_bool(maps_per_slice, "maps_per_slice")
+        self.slice_axis, self.acquisition = int(slice_axis), str(acquisition)
         self.rank, self.world_size = _rank_world(rank, world_size)
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_bool(overwrite, "overwrite")
         self._source = None
         self.timings: dict[str, float] = {}
         self.settings = {
@@ -254,28 +331,67 @@ class Synthesizer:
             return None
         return record
 
-    def _resize(self, image: np.ndarray) -> np.ndarray:
-        """Resize ``(S, H, W)`` slices to ``image_size`` (longest side, then pad); complex: real and imaginary parts."""
-        if self.image_size is None or image.shape[1:] == (self.image_size, self.image_size):
-            return image
+    def _resize(self, image, pad: bool = True) -> np.ndarray:
+        """``(S, H, W)`` slices (an array, or a lazy :class:`scripts.io.magnitude.NiftiSlices`) at ``image_size``.
+
+        One slice at a time, float32, as MONAI's ``Resize(n, size_mode="longest", anti_aliasing=True)``
+        (its sizes, default sigma and bilinear step; the Gaussian by :meth:`_smooth`), then, with ``pad``,
+        zero-padded to a square; complex: real and imaginary parts.
+        """
+        n = self.image_size
+        if n is None or tuple(image.shape[1:]) == (n, n):
+            return np.asarray(image)
         if np.iscomplexobj(image):
-            return self._resize(image.real) + 1j * self._resize(image.imag)
+            return self._resize(image.real, pad) + 1j * self._resize(image.imag, pad)
         from monai.transforms import Resize, ResizeWithPadOrCrop
 
-        n = self.image_size
-        x = Resize(spatial_size=n, size_mode="longest", mode="bilinear", anti_aliasing=True)(image)
-        return np.asarray(ResizeWithPadOrCrop(spatial_size=(n, n))(x), dtype=np.float32)
+        shape = image.shape[1:]
+        size = tuple(int(round(s * n / max(shape))) for s in shape)
+        sigma = ((torch.tensor(shape, dtype=torch.float) / torch.tensor(size, dtype=torch.float) - 1) / 2).clamp(min=0)
+        resize = Resize(spatial_size=size, mode="bilinear", anti_aliasing=False, dtype=torch.float32)
+        out = np.stack([np.asarray(resize(self._smooth(np.asarray(image[i], dtype=np.float32), sigma)[None]))[0]
+                        for i in range(len(image))])
+        return np.asarray(ResizeWithPadOrCrop(spatial_size=(n, n))(out), dtype=np.float32) if pad else out
+
+    @staticmethod
+    def _smooth(image: np.ndarray, sigma: torch.Tensor) -> np.ndarray:
+        """MONAI's anti-aliasing ``GaussianFilter`` (erf kernel to 4 sigma, zero padding) of one slice, by FFT.
+
+        Same values to float32 rounding, in a few copies of the slice: torch's direct convolution of a
+        4096 x 4096 slice at sigma 31.5 (to 64 x 64) takes 1.2 GB.
+        """
+        from monai.networks.layers.convutils import gaussian_1d
+        from scipy.fft import irfft, next_fast_len, rfft
+
+        for axis, s in enumerate(sigma):
+            if s <= 0:
+                continue
+            kernel = gaussian_1d(s, truncated=4.0, approx="erf").numpy()
+            r, length = len(kernel) // 2, image.shape[axis]
+            m = next_fast_len(length + 2 * r, real=True)
+            spectrum = rfft(image, m, axis=axis)
+            spectrum *= np.expand_dims(rfft(kernel, m), 1 - axis)
+            image = np.take(irfft(spectrum, m, axis=axis), np.arange(r, r + length), axis=axis)
+        return image.astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ one volume
 
     def synthesize_volume(self, volume, sample: int, path: Path, key: str) -> dict:
-        """Phase, coils, FFT and write for one :class:`scripts.io.magnitude.MagnitudeVolume`; returns its record."""
+        """Phase, coils, FFT and write for one :class:`scripts.io.magnitude.MagnitudeVolume`; returns its record.
+
+        The magnitude is resized slice by slice (a NIfTI volume is read from disk one slice at a time), so
+        memory is a few input slices plus the output; the scale is the percentile of the resized slices.
+        """
         t = time.perf_counter()
         try:
-            scale = magnitude_reference(volume.magnitude)
+            resized = self._resize(volume.magnitude, pad=False)
+            scale = magnitude_reference(resized)
+        except MagnitudeInputError as e:  # a lazy volume read after loading
+            raise _Unusable(e.reason) from None
         except ValueError as e:
             raise _Unusable(str(e)) from None
-        magnitude = np.clip(self._resize(volume.magnitude / np.float32(scale)), 0.0, None).astype(np.float32, copy=False)
+        magnitude = np.clip(self._resize(resized / np.float32(scale)), 0.0, None).astype(np.float32, copy=False)
+        del resized
         # the paired complex image, when the input carries one: only the ground_truth source uses it
         reference = None if volume.reference is None else self._resize(volume.reference / np.float32(scale))
         vseed = derive_seed(self.seed, volume.id, sample)
@@ -323,73 +439,79 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ the archive
 
+    def _existing(self, paths: Sequence[Path]) -> list[dict | None]:
+        """Records of a unit's finished outputs (``None`` where absent), once a killed writer's temporary files are
+        gone. An output made with other settings raises ``FileExistsError`` (never mixed) unless ``overwrite``."""
+        for p in paths:  # a killed writer's leftovers; a live process's temporary files are kept
+            for stale in stale_temporaries(p):
+                stale.unlink(missing_ok=True)
+        existing = [self._existing_record(p) if p.is_file() else None for p in paths]
+        for p, rec in zip(paths, existing):
+            if p.is_file() and (rec is None or rec.get("config_hash") != self.config_hash) and not self.overwrite:
+                raise FileExistsError(f"output {p.name} was made with other settings (config {None if rec is None else rec.get('config_hash')}, "
+                                      f"now {self.config_hash}): use another output_dir or overwrite=True")
+        return existing
+
+    def _synthesize_unit(self, unit: str, key: str, todo: Sequence[tuple[int, Path]], records: list) -> None:
+        """Read ``unit`` and write its samples ``todo`` (``(sample, path)``), appending each record as its file lands."""
+        t = time.perf_counter()
+        volume = load_magnitude(unit, self.slice_axis, root=self.input_dir)
+        self._tick("read", t)
+        for k, path in todo:
+            records.append(self.synthesize_volume(volume, k, path, key))
+
     def run(self) -> dict:
-        """Process this rank's shard; returns a summary (counts, seconds, merged or not)."""
+        """Process this rank's shard; returns a summary (counts, seconds, merged or not).
+
+        Whatever one input raises (reading, normalising, phase, writing; not ``MemoryError`` or ``KeyboardInterrupt``)
+        skips that input: logged as ``<key>: <reason>`` and reported in ``skipped.json``. Raises
+        :class:`NoUsableInput` when ``input_dir`` is missing or empty, or when every input of the shard failed.
+        """
         if not logger.handlers and not logging.getLogger().handlers:  # the CLI configures no logging: show progress
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
         t0 = time.perf_counter()
-        out = self.output_dir
+        out, report = self.output_dir, self.report_dir
+        units, unlisted = list_inputs(self.input_dir, [out, report], "synthesize")
         out.mkdir(parents=True, exist_ok=True)
-        units = find_inputs(self.input_dir)
+        if self.write_input_map and self.rank == 0:
+            write_input_map(report, self.input_dir, units)
         mine = shard(units, self.rank, self.world_size)
         tag = f"[rank {self.rank}/{self.world_size}]"
         logger.info("%s %d of %d input units; phase source %s; %s maps; output %s", tag, len(mine), len(units),
                     self.phase_source_name, self.settings["maps"]["source"], "config " + self.config_hash)
-        records, skipped = [], []
-        written = kept = 0
-
-        def skip(key: str, unit: str, reason: str) -> None:
-            skipped.append({"input": key, "reason": _scrub(reason, unit, self.input_dir)})
-            logger.warning("%s skipped input %s: %s", tag, key, skipped[-1]["reason"])
-
+        records, skipped = [], (unlisted if self.rank == 0 else [])
+        kept = 0
         for i, unit in enumerate(mine):
             key = input_key(unit, self.input_dir)
             paths = [out / name for name in self.output_names(key)]
-            for p in paths:  # a killed writer's leftovers; a live process's temporary files are kept
-                for stale in stale_temporaries(p):
-                    stale.unlink(missing_ok=True)
-            existing = [self._existing_record(p) if p.is_file() else None for p in paths]
-            for p, rec in zip(paths, existing):
-                if p.is_file() and (rec is None or rec.get("config_hash") != self.config_hash) and not self.overwrite:
-                    raise FileExistsError(f"output {p.name} was made with other settings (config {None if rec is None else rec.get('config_hash')}, "
-                                          f"now {self.config_hash}): use another output_dir or overwrite=True")
-            todo = [k for k, rec in enumerate(existing) if rec is None or rec.get("config_hash") != self.config_hash]
+            existing = self._existing(paths)
+            current = [rec is not None and rec.get("config_hash") == self.config_hash for rec in existing]
+            records += [rec for rec, ok in zip(existing, current) if ok]
+            kept += sum(current)
+            todo = [(k, p) for k, (p, ok) in enumerate(zip(paths, current)) if not ok]
             if not todo:
-                records += existing
-                kept += len(paths)
                 continue
-            t = time.perf_counter()
             try:
-                volume = load_magnitude(unit, self.slice_axis, root=self.input_dir)
-            except MagnitudeInputError as e:
-                skip(key, unit, e.reason)
+                self._synthesize_unit(unit, key, todo, records)
+            except MemoryError:
+                raise
+            except Exception as e:  # this input only: report it and go on
+                skipped.append(reject_input(unit, self.input_dir, e))
                 continue
-            self._tick("read", t)
-            try:
-                for k in range(self.samples):
-                    if k in todo:
-                        records.append(self.synthesize_volume(volume, k, paths[k], key))
-                        written += 1
-                    else:
-                        records.append(existing[k])
-                        kept += 1
-            except _Unusable as e:
-                skip(key, unit, str(e))
-                continue
-            finally:
-                del volume
             logger.info("%s %d/%d %s: %d slice(s) -> %d file(s)", tag, i + 1, len(mine), key,
                         records[-1]["num_slices"], len(paths))
         name = f"r{self.rank:05d}-of-{self.world_size:05d}"
         records.sort(key=lambda r: r["output"])
-        write_text(out / PARTS / f"manifest-{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        write_text(out / PARTS / f"skipped-{name}.json", json.dumps(sorted(skipped, key=lambda s: s["input"]), indent=1, sort_keys=True) + "\n")
-        merged = merge_manifests(out, self.world_size)
-        summary = {"rank": self.rank, "world_size": self.world_size, "units": len(mine), "written": written, "kept": kept,
-                   "skipped": len(skipped), "slices": sum(r["num_slices"] for r in records), "merged": merged,
+        write_text(report / PARTS / f"manifest-{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_text(report / PARTS / f"skipped-{name}.json", json.dumps(sorted(skipped, key=lambda s: s["input"]), indent=1, sort_keys=True) + "\n")
+        merged = merge_manifests(report, self.world_size)
+        summary = {"rank": self.rank, "world_size": self.world_size, "units": len(mine), "written": len(records) - kept,
+                   "kept": kept, "skipped": len(skipped), "slices": sum(r["num_slices"] for r in records), "merged": merged,
                    "seconds": round(time.perf_counter() - t0, 3)}
         logger.info("%s done: %s", tag, json.dumps(summary, sort_keys=True))
+        if skipped and not records:
+            raise NoUsableInput(f"synthesize: all {len(skipped)} input(s) failed; the reasons are in {report / SKIPPED}")
         return summary
