@@ -40,9 +40,9 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def python_path() -> str:
-    """``PYTHONPATH`` for a subprocess: the bundle root first, the caller's entries kept."""
-    return os.pathsep.join([str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+def python_path(root: Path = ROOT) -> str:
+    """``PYTHONPATH`` for a subprocess: the bundle root (default: this repository) first, the caller's entries kept."""
+    return os.pathsep.join([str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 def free_port() -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "checkpoint_iteration",
     "latest_checkpoint",
     "load_weights",
+    "model_state_dict",
     "remove_stale_temporaries",
     "unwrap",
 ]
@@ -141,13 +142,18 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
 
 
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
-    """Load ``models/model.pt`` (a plain state dict, or a checkpoint holding ``"model"``)
-    with ``torch.load(..., weights_only=True)``; a DDP/DataParallel wrapper is looked through."""
+def model_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """The model weights in ``path``: a plain state dict, or the ``"model"`` entry of a full
+    checkpoint, read with ``torch.load(..., weights_only=True)`` (returned as found, unchecked)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    unwrap(network).load_state_dict(state)
+    return state
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
+    """Load ``models/model.pt`` (:func:`model_state_dict`); a DDP/DataParallel wrapper is looked through."""
+    unwrap(network).load_state_dict(model_state_dict(path, map_location))
     return network
 
 
