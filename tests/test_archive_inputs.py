@@ -13,11 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
-from pydicom.data import get_testdata_file
+from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGLSLossless
 
+from archive_helpers import pydicom_file
 from conftest import ROOT, python_path
 from scripts.io.fastmri_h5 import anonymous_id
 from scripts.io.magnitude import MagnitudeInputError, find_inputs, load_magnitude
@@ -30,13 +31,6 @@ def reason_of(path) -> str:
         load_magnitude(path)
     assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
     return info.value.reason
-
-
-def pydicom_file(name: str) -> str:
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} not available")
-    return path
 
 
 # ----------------------------------------------------------------------------- readers
@@ -107,6 +101,32 @@ def test_non_utf8_file_name(tmp_path):
     assert volume.magnitude.shape == (2, 16, 16) and volume.id
     assert anonymous_id(name) == hashlib.sha256(raw).hexdigest()[:16]  # the name's bytes, as on disk
     assert input_key(name, tmp_path) != input_key(os.fsdecode(raw[:-1]), tmp_path)
+
+
+def test_empty_and_cut_files_name_the_cause(tmp_path):
+    image = np.arange(64 * 64 * 4, dtype=np.float32).reshape(64, 64, 4) % 97 + 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "v.nii")
+    tifffile.imwrite(tmp_path / "v.tif", np.moveaxis(image, 2, 0).astype(np.uint16), photometric="minisblack")
+    Image.fromarray(np.random.default_rng(0).integers(1, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "v.png")
+    for name in ("v.nii", "v.tif", "v.png"):
+        blob = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut_{name}").write_bytes(blob[: len(blob) // 2])
+        (tmp_path / f"empty_{name}").write_bytes(b"")
+        assert reason_of(tmp_path / f"empty_{name}") == "empty file (0 bytes)"
+        assert reason_of(tmp_path / f"cut_{name}").startswith("truncated"), name
+    assert reason_of(tmp_path / "cut_v.nii") == "truncated NIfTI file (32944 of 65888 bytes)"
+
+
+def test_suffixless_files_that_are_not_dicom_are_reported(tmp_path):
+    """DICOM files often have no suffix (IM0001) or a UID as name: one without the DICM preamble is listed (and
+    refused with a reason) rather than silently left out; other unknown suffixes are not inputs."""
+    (tmp_path / "IM0001").write_bytes(b"")
+    (tmp_path / "1.2.840.113619.2.55").write_bytes(b"junk" * 100)
+    (tmp_path / "notes.txt").write_text("not an input")
+    assert find_inputs(tmp_path) == [str(tmp_path / "1.2.840.113619.2.55"), str(tmp_path / "IM0001")]
+    assert reason_of(tmp_path / "IM0001") == "empty file (0 bytes)"
+    assert "no 'DICM' preamble" in reason_of(tmp_path / "1.2.840.113619.2.55")
+    assert reason_of(tmp_path / "notes.txt") == "unsupported file type"
 
 
 # ----------------------------------------------------------------------------- discovery

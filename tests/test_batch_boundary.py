@@ -4,14 +4,12 @@ goes on; a run that makes nothing fails with one line; no input name reaches an 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import logging
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as etree
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -22,34 +20,29 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from archive_helpers import PHI, PHI_FOLDER, TINY_NET, assert_no_phi, bundle_cli, captured_log, head, keys, tiny_checkpoint
 from conftest import ROOT, python_path
-from scripts.configs import as_bool, parsed
+from scripts.configs import as_bool
 from scripts.io.magnitude import find_inputs
 from scripts.synthesis.synthesize import INPUT_MAP, NoUsableInput, Synthesizer, input_key
+from scripts.studies.prior_study import PriorStudy
+from scripts.synthesis.inference_io import PhaseSampleWriter
 
-PHI = "ZZJOHNDOE"
-PHI_FOLDER = f"{PHI}_19710203"
-TINY_NET = {"image_size": 32, "unet_channels": [8, 16], "unet_attention_levels": [False, True], "unet_num_head_channels": 8}
 GOOD = ["good/vol.nii.gz", "good/slice.png", "big.png"]
 BAD = ["empty.nii.gz", "garbage.nii.gz", "garbage.png", "garbage.dcm", "garbage.h5", f"{PHI_FOLDER}/{PHI}.png"]
 NEAR_EMPTY = "near_empty.png"
-CAUSE = dict(zip(BAD, ["nifti", "nifti", "image", "dicom", "hdf5", "image"]))  # what each reason names, and an ...Error
+CAUSE = dict(zip(BAD, ["empty file", *[rf"{r}.*error" for r in ("nifti", "image", "dicom", "hdf5", "image")]]))  # what each reason names
 SYNTH = dict(phase_source="uniform", num_coils=4, image_size=32, seed=0)
-
-
-def _head(h: int, w: int) -> np.ndarray:
-    yy, xx = np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j]
-    return ((xx / 0.8) ** 2 + (yy / 0.9) ** 2 < 1) * (1 + 0.3 * np.sin(5 * xx))
 
 
 def make_archive(root: Path) -> Path:
     """Good inputs (a NIfTI volume, a PNG, a 2048 x 2048 PNG), a near-empty PNG and bad files of every kind."""
     (root / "good").mkdir(parents=True)
     (root / PHI_FOLDER).mkdir()
-    vol = np.stack([_head(32, 32) * (300 + 20 * s) for s in range(2)], axis=-1).astype(np.float32)
+    vol = np.stack([head(32, 32) * (300 + 20 * s) for s in range(2)], axis=-1).astype(np.float32)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), root / "good" / "vol.nii.gz")
-    Image.fromarray((_head(32, 32) * 150).astype(np.uint8)).save(root / "good" / "slice.png")
-    Image.fromarray((_head(2048, 2048) * 150).astype(np.uint8)).save(root / "big.png")
+    Image.fromarray((head(32, 32) * 150).astype(np.uint8)).save(root / "good" / "slice.png")
+    Image.fromarray((head(2048, 2048) * 150).astype(np.uint8)).save(root / "big.png")
     near_empty = np.zeros((32, 32), np.uint8)
     near_empty[10, 10:13] = 200  # 3 pixels: the 99.5th percentile is 0
     Image.fromarray(near_empty).save(root / NEAR_EMPTY)
@@ -60,33 +53,6 @@ def make_archive(root: Path) -> Path:
     return root
 
 
-def keys(archive: Path, names) -> dict[str, str]:
-    return {input_key(archive / n, archive): n for n in names}
-
-
-@contextmanager
-def captured_log():
-    """Every log record of the process (any logger), as text."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
-def assert_no_phi(folders, *texts: str) -> None:
-    blobs = {str(p): p.read_bytes() for d in folders for p in Path(d).rglob("*") if p.is_file()}
-    blobs.update({f"text {i}": t.encode() for i, t in enumerate(texts)})
-    assert len(blobs) > len(texts)
-    hits = [name for name, blob in blobs.items() if PHI.lower().encode() in blob.lower()]
-    assert not hits, f"{PHI} found in {hits}"
-
-
 def assert_skipped(archive: Path, skipped: list[dict], names, log: str) -> dict[str, str]:
     """Every name is reported once with a one-line reason naming the cause, and logged as ``<key>: <reason>``."""
     expected = keys(archive, names)
@@ -95,7 +61,7 @@ def assert_skipped(archive: Path, skipped: list[dict], names, log: str) -> dict[
     for key, reason in reasons.items():
         assert reason and "\n" not in reason and f"{key}: {reason}" in log
         name = expected[key]
-        assert name not in CAUSE or (CAUSE[name] in reason.lower() and "error" in reason.lower()), (name, reason)
+        assert name not in CAUSE or re.search(CAUSE[name], reason, re.IGNORECASE), (name, reason)
     return {expected[k]: r for k, r in reasons.items()}
 
 
@@ -172,7 +138,7 @@ def test_two_synthesize_processes_on_one_output_folder(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(12):
-        vol = np.stack([_head(32, 32) * (100 + 10 * s + i) for s in range(3)], axis=-1).astype(np.float32)
+        vol = np.stack([head(32, 32) * (100 + 10 * s + i) for s in range(3)], axis=-1).astype(np.float32)
         nib.save(nib.Nifti1Image(vol, np.eye(4)), src / f"sim{i:02d}.nii.gz")
     ready = tmp_path / "ready"
     code = ("import sys, time; from pathlib import Path; from scripts.synthesis.synthesize import Synthesizer\n"
@@ -215,9 +181,7 @@ def test_synthesize_runs_that_make_nothing_fail_with_one_line(tmp_path):
 def bundle(tmp_path_factory) -> Path:
     """A bundle root holding an untrained tiny phase model (robustness needs no training)."""
     root = tmp_path_factory.mktemp("bundle")
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save({"model": parsed("common.json", "network_def", **TINY_NET).state_dict()}, root / "models" / "model.pt")
+    tiny_checkpoint(root / "models" / "model.pt")
     return root
 
 
@@ -268,7 +232,7 @@ def test_inference_sampling_failure_skips_only_that_input(bundle, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for name, width in (("a.png", 32), ("b.png", 28)):
-        Image.fromarray((_head(32, width) * 150).astype(np.uint8)).save(src / name)
+        Image.fromarray((head(32, width) * 150).astype(np.uint8)).save(src / name)
     wf = _inference(bundle, src, tmp_path / "out")
     evaluator = wf.parser.get_parsed_content("evaluator")
     sample = evaluator.inferer
@@ -290,7 +254,7 @@ def test_inference_sampling_failure_skips_only_that_input(bundle, tmp_path):
 def test_inference_input_map_is_opt_in(bundle, tmp_path):
     src = tmp_path / "in" / PHI_FOLDER
     src.mkdir(parents=True)
-    Image.fromarray((_head(32, 32) * 150).astype(np.uint8)).save(src / "a.png")
+    Image.fromarray((head(32, 32) * 150).astype(np.uint8)).save(src / "a.png")
     wf = _inference(bundle, tmp_path / "in", tmp_path / "out", write_input_map="true")
     wf.run()
     mapping = json.loads((tmp_path / "out" / INPUT_MAP).read_text())
@@ -312,10 +276,7 @@ def test_inference_runs_that_make_nothing_fail_with_one_line(bundle, tmp_path):
 def _cli(config: str, run_id: str, cwd: Path, **args) -> subprocess.CompletedProcess:
     args_file = cwd / f"{run_id}.json"
     args_file.write_text(json.dumps(args))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(ROOT / "configs" / config),
-           "--args_file", str(args_file)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path()}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return bundle_cli(run_id, config, ["--args_file", args_file], cwd=cwd)
 
 
 def test_cli_exits_non_zero_with_one_line(bundle, tmp_path):
@@ -368,3 +329,60 @@ def test_strict_booleans_from_the_command_line(tmp_path):
     with pytest.raises(Exception) as bad:
         _config("reconstruct.json", remove_oversampling="nope").get_parsed_content("reconstruct")
     assert "remove_oversampling must be true or false, got 'nope'" in _causes(bad.value)
+
+
+# every boolean switch a user passes on the command line, per config: each use goes through as_bool
+SWITCHES = {
+    "train.json": ["resume", "progress_bar", "amp", "unet_use_flash_attention", "simulate_if_missing"],
+    "train_gan.json": ["resume", "progress_bar", "simulate_if_missing"],
+    "train_prior.json": ["resume", "progress_bar", "amp", "unet_use_flash_attention", "simulate_if_missing"],
+    "train_varnet.json": ["resume", "progress_bar", "amp"],
+    "inference.json": ["unet_use_flash_attention"],
+    "simulate.json": ["overwrite", "noise"],
+    "reconstruct.json": ["remove_oversampling"],
+}
+
+
+def _uses(config, key: str, path: str = "") -> list[str]:
+    """Config ids whose expression reads ``@key`` (as a whole id)."""
+    if isinstance(config, dict):
+        return [i for k, v in config.items() for i in _uses(v, key, f"{path}#{k}" if path else str(k))]
+    if isinstance(config, list):
+        return [i for k, v in enumerate(config) for i in _uses(v, key, f"{path}#{k}" if path else str(k))]
+    return [path] if isinstance(config, str) and re.search(rf"@{key}\b(?!#)", config) else []
+
+
+@pytest.mark.parametrize("config", sorted(SWITCHES))
+def test_every_command_line_switch_goes_through_as_bool(config, tmp_path):
+    """``--resume false`` reaches Python as the string 'false' (true): every use of a switch converts it strictly."""
+    for key in SWITCHES[config]:
+        uses = _uses(_config(config).config, key)
+        assert uses and all(f"as_bool(@{key}, '{key}')" in _config(config)[i] for i in uses), (key, uses)
+        for i in uses:  # "nope" is refused by name wherever it is read (before any work: arguments come first)
+            with pytest.raises(Exception) as bad:
+                _config(config, **{key: "nope", "dataset_dir": str(tmp_path / "none")}).get_parsed_content(i)
+            assert f"{key} must be true or false, got 'nope'" in _causes(bad.value), (key, i)
+
+
+def test_command_line_false_is_false(tmp_path):
+    ckpt_dir = tmp_path / "models"
+    ckpt_dir.mkdir()
+    torch.save({"trainer": {"iteration": 3}}, ckpt_dir / "checkpoint_3.pt")
+    for config in ("train.json", "train_gan.json", "train_prior.json"):
+        resume = {v: _config(config, ckpt_dir=str(ckpt_dir), resume=v).get_parsed_content("resume_ckpt") for v in ("FALSE", "1")}
+        assert resume == {"FALSE": None, "1": str(ckpt_dir / "checkpoint_3.pt")}, config
+    assert _config("train_varnet.json", output_dir=str(ckpt_dir), resume="True").get_parsed_content("resume_path")
+    assert _config("train_varnet.json", output_dir=str(ckpt_dir), resume="false").get_parsed_content("resume_path") is None
+    for config in ("train.json", "train_varnet.json"):
+        amp, bar = _config(config, amp="False", progress_bar="0"), _uses(_config(config).config, "progress_bar")
+        assert [amp.get_parsed_content(i) for i in _uses(amp.config, "amp")] == [False, False]
+        assert [amp.get_parsed_content(i) for i in bar] == [True]  # the progress bar's _disabled_
+    assert _config("inference.json", unet_use_flash_attention="false").get_parsed_content(
+        "network_def#use_flash_attention") is False
+    with pytest.raises(ValueError, match="espirit_convention must be true or false, got 'yes'"):
+        PriorStudy(str(tmp_path / "o"), str(tmp_path / "w"), espirit_convention="yes")
+    assert PriorStudy(str(tmp_path / "o"), str(tmp_path / "w"), espirit_convention="false").espirit_convention is False
+    with pytest.raises(ValueError, match="write_png must be true or false"):
+        PhaseSampleWriter(tmp_path, slices=None, png="nope")
+    synth = Synthesizer(tmp_path, tmp_path / "o", overwrite="0", maps_per_slice="FALSE", write_input_map="false")
+    assert (synth.overwrite, synth.maps_per_slice, synth.write_input_map) == (False, False, False)

@@ -386,7 +386,7 @@ def test_inference_workflow(trained, tmp_path, in_root):
     wf.run()  # the same seed again: the same bytes
     wf.finalize()
     report = json.loads((out / "report.json").read_text())
-    assert [s["reason"] for s in report["skipped"]] == ["not a readable image file (UnidentifiedImageError)"]
+    assert [s["reason"] for s in report["skipped"]] == ["not a readable PNG image file (UnidentifiedImageError)"]
     assert sorted(w["kind"] for w in report["written"]) == ["nifti", "png"]
     names = sorted(os.listdir(out))
     assert not any("smith" in n or "scan" in n for n in names)  # ids, never input names

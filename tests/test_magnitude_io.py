@@ -24,6 +24,7 @@ from scripts.io.magnitude import (
     MagnitudeInputError,
     MagnitudeVolume,
     find_inputs,
+    input_key,
     iter_magnitude_volumes,
     load_magnitude,
     slices_to_volume,
@@ -318,7 +319,9 @@ def test_mixed_folder_yields_good_and_lists_bad(tmp_path, caplog):
     assert sorted(v.kind for v in good) == ["dicom", "nifti", "png"]
     assert all(isinstance(v, MagnitudeVolume) for v in good) and len({v.id for v in good}) == 3
     assert sorted(os.path.basename(b.source) for b in bad) == ["colour.png", "ct.dcm", "nokspace.h5", "text.dcm"]
-    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 4
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert sorted(skipped) == sorted(f"skipped {b.key}: {b.reason}" for b in bad)  # anonymous keys, no path
+    assert {b.key for b in bad} == {input_key(b.source, tmp_path) for b in bad} and str(tmp_path) not in "".join(skipped)
     # ids are relative to the root: moving the archive keeps them
     shutil.copytree(tmp_path, tmp_path.parent / (tmp_path.name + "_moved"))
     moved = list(iter_magnitude_volumes(tmp_path.parent / (tmp_path.name + "_moved")))

@@ -255,6 +255,9 @@ def test_input_keys_are_anonymous_and_stable(archive):
     message = f"{unit}/{NAME_IN_PATH}_000.dcm: cannot read {NAME_IN_PATH}_000.dcm in MR_head"
     assert NAME_IN_PATH not in synth._scrub(message, unit, archive) and "MR_head" not in synth._scrub(message, unit, archive)
     assert synth._scrub(f"bad file {archive}/Doe_John/x.dcm: truncated", unit, archive) == "bad file <input>: truncated"
+    for words, name in (("truncated DICOM pixel data (3654 of 8192 bytes)", "DICOM/3/IM0001"), ("symbolic link loop", "loop")):
+        assert synth._scrub(words, str(archive / name), archive) == words  # plain words of a path stay in the reason
+    assert synth._scrub("cannot open 'DICOM' in 3/", str(archive / "DICOM/3/IM0001"), archive) == "cannot open '<input>' in <input>/"
 
 
 def test_ground_truth_source_from_paired_h5(tmp_path):

@@ -55,7 +55,8 @@ Privacy: no identifying DICOM header value (names, IDs, dates, institutions, UID
 logged or put into an error message (messages quote at most the Modality code). ``id`` is :func:`scripts.io.fastmri_h5.anonymous_id` of the kind, the
 path relative to ``root`` and the SeriesInstanceUID; pydicom datasets are dropped as soon as
 their pixels and geometry are read; pydicom warnings and log records (which can quote header
-values, and decoder tracebacks) are silenced while reading. ``source`` is the input path, for error and skip reports only.
+values, and decoder tracebacks) are silenced while reading, as are tifffile's (the one-line reason says what
+failed). ``source`` is the input path, for error and skip reports only.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ import contextlib
 import logging
 import operator
 import os
+import re
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -87,8 +90,10 @@ __all__ = [
     "MagnitudeVolume",
     "NiftiSlices",
     "find_inputs",
+    "input_key",
     "iter_magnitude_volumes",
     "load_magnitude",
+    "scrub_paths",
     "slices_to_volume",
 ]
 
@@ -135,10 +140,14 @@ class MagnitudeVolume:
 
 @dataclass
 class BadInput:
-    """An input unit that was skipped, and why."""
+    """An input unit that was skipped, and why.
+
+    ``source``: its path (to find the file; keep it private), ``reason``: one line with the input's paths scrubbed
+    (:func:`scrub_paths`), ``key``: its anonymous :func:`input_key` (what logs and reports name)."""
 
     source: str
     reason: str
+    key: str = ""
 
 
 def slices_to_volume(volume: MagnitudeVolume, slices: np.ndarray) -> np.ndarray:
@@ -165,10 +174,27 @@ def _kind(path: str) -> str | None:
         return None
 
 
+def _suffixless(path: str) -> bool:
+    """No suffix, or a numeric one: how DICOM files are named (``IM0001``, ``1.2.840.113619.2.55.3.4``).
+
+    Such a file without the DICM preamble is still listed as an input, so that an empty, cut or
+    corrupt DICOM is reported instead of silently left out."""
+    suffix = os.path.splitext(os.path.basename(path))[1]
+    return suffix == "" or suffix[1:].isdigit()
+
+
+def _unrecognised(path: str) -> str:
+    """Why a file of no known kind is not an input (the reason of :func:`load_magnitude`)."""
+    if _suffixless(path):
+        return "not a DICOM file (no 'DICM' preamble) and no known suffix (.dcm, .nii, .png, .tif, .h5)"
+    return "unsupported file type"
+
+
 @contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """Mute pydicom's warnings and its logger (decoder tracebacks, header values) while reading."""
-    log = logging.getLogger("pydicom")
+def _quiet(library: str) -> Iterator[None]:
+    """Mute warnings and the logger of ``library`` while reading (pydicom: decoder tracebacks, header values;
+    tifffile: an ERROR line of its own per damaged page): the input's one-line reason says what failed."""
+    log = logging.getLogger(library)
     level = log.level
     log.setLevel(logging.CRITICAL + 1)
     try:
@@ -182,7 +208,7 @@ def _quiet_pydicom() -> Iterator[None]:
 def _series_uid(path: str) -> str | None:
     """SeriesInstanceUID from the header only (None if unreadable or absent)."""
     try:
-        with _quiet_pydicom():
+        with _quiet("pydicom"):
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         return str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds else None
     except Exception:
@@ -212,7 +238,8 @@ def _dicom_units(folder: str, files: list[str]) -> list[str]:
 
 def find_inputs(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = (),
                 problems: list[tuple[str, str]] | None = None) -> list[str]:
-    """Sorted input units under ``root``: image files and DICOM series (hidden files and folders skipped).
+    """Sorted input units under ``root``: image files and DICOM series (hidden files and folders skipped), and files
+    without a suffix (or a numeric one) that lack the DICM preamble, so that :func:`load_magnitude` reports them.
 
     Symbolic links to folders outside ``root`` are followed, each real folder once (a link into
     ``root`` is walked under its real path). ``exclude``: folders whose contents are never inputs
@@ -259,10 +286,39 @@ def find_inputs(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = 
             kind = None if name.startswith(".") else _kind(path)
             if kind == "dicom":
                 dicoms.append(path)
-            elif kind:
+            elif kind or (not name.startswith(".") and _suffixless(path)):  # a suffixless non-DICOM: reported
                 units.append(path)
         units += _dicom_units(dirpath, dicoms)
     return sorted(units)
+
+
+def input_key(unit: str, root: str | os.PathLike) -> str:
+    """The anonymous name of an input unit: sha256 of its path relative to the archive root."""
+    root = os.path.abspath(root)
+    rel = "." if os.path.abspath(unit) == root else os.path.relpath(os.path.abspath(unit), root)
+    return anonymous_id("input", Path(rel).as_posix())
+
+
+def _distinctive(name: str) -> bool:
+    """A path component that reads as a name, not as a word of a reason: letters mixed with anything else
+    (``Doe_John``, ``IM0001``, ``x.dcm``) or a long number (an ID, a date)."""
+    return bool(re.search(r"[A-Za-z]", name) and re.search(r"[^A-Za-z]", name)) or bool(re.fullmatch(r"\d{5,}", name))
+
+
+def scrub_paths(text: str, unit: str, root: str | os.PathLike) -> str:
+    """Replace any path under ``root``, the input's path and the components of its relative path by ``<input>``.
+
+    A component that reads as a name (:func:`_distinctive`) is replaced wherever it occurs; a plain word or short
+    number (a folder ``DICOM``, ``a``, ``3``, a link ``loop``) only where it stands in a path or quotes, so the
+    reason's own words survive ("truncated DICOM pixel data", "symbolic link loop")."""
+    absolute, base = os.path.abspath(unit), os.path.abspath(root)
+    rel = os.path.relpath(absolute, base) if absolute != base else ""
+    paths = {p for p in (unit, absolute, rel) if "/" in p or os.sep in p}
+    names = {rel, *Path(rel).parts} - paths - {"", ".", ".."}
+    literal = paths | {n for n in names if _distinctive(n)}
+    patterns = [re.escape(base) + r"[^\s'\":,;]*"] + [re.escape(p) for p in sorted(literal, key=len, reverse=True)]
+    patterns += [rf"(?<=[/\\'\"]){re.escape(n)}|{re.escape(n)}(?=[/\\'\"])" for n in sorted(names - literal, key=len, reverse=True)]
+    return re.sub("|".join(patterns), "<input>", text)  # one pass: replacements are not matched again
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -427,7 +483,7 @@ def _dicom_files(unit: str | Sequence[str]) -> tuple[list[str], str, str]:
 def _read_dicom(unit: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray, str, str, str]:
     files, source, id_path = _dicom_files(unit)
     frames, uids = [], set()
-    with _quiet_pydicom():  # pydicom warnings and log records may quote header values
+    with _quiet("pydicom"):  # pydicom warnings and log records may quote header values
         for f in files:
             file_frames, uid = _read_dicom_file(f)
             frames += file_frames
@@ -495,8 +551,7 @@ class NiftiSlices:
         except MagnitudeInputError:
             raise
         except Exception as e:
-            short = isinstance(e, EOFError) or "bytes" in str(e)  # nibabel: "Expected N bytes, got M bytes"
-            cause = "truncated NIfTI data" if short else "unreadable NIfTI data"
+            cause = "truncated NIfTI data" if _short_read(e) else "unreadable NIfTI data"
             raise MagnitudeInputError(self._source, f"{cause} ({type(e).__name__})") from None
         data = np.maximum(data, 0.0) if self._clip else data
         return data[rest] if rest else data
@@ -510,6 +565,7 @@ def _read_nifti(path: str, slice_axis: int) -> tuple[np.ndarray | NiftiSlices, n
     """
     try:
         img = NibabelReader().read(path, keep_file_open=True)
+        _check_nifti_size(img, path)
         if slice_axis == 2 or len(img.shape) == 2:
             return NiftiSlices(img.dataobj, path), np.asarray(img.affine, dtype=float)
         return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=float)
@@ -517,6 +573,25 @@ def _read_nifti(path: str, slice_axis: int) -> tuple[np.ndarray | NiftiSlices, n
         raise
     except Exception as e:
         raise MagnitudeInputError(path, f"not a readable NIfTI file ({type(e).__name__})") from None
+
+
+def _short_read(error: BaseException) -> bool:
+    """Whether a reader's exception says the file ended early (gzip, nibabel, PIL, tifffile wordings)."""
+    text = str(error).lower()
+    if isinstance(error, EOFError) or any(w in text for w in ("truncated", "not enough data", "end-of-stream")):
+        return True
+    return "bytes" in text and ("failed to read" in text or "expected" in text)  # tifffile; nibabel
+
+
+def _check_nifti_size(img, path: str) -> None:
+    """An uncompressed NIfTI file shorter than its header says (offset + voxels) is truncated."""
+    proxy = img.dataobj
+    if path.lower().endswith(".gz") or not hasattr(proxy, "offset"):
+        return  # a gzip stream's length is only known by reading it: a cut one fails while reading
+    expected = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
+    actual = os.path.getsize(path)
+    if actual < expected:
+        raise MagnitudeInputError(path, f"truncated NIfTI file ({actual} of {expected} bytes)")
 
 
 def _scalar_pixels(data: np.ndarray, path: str) -> np.ndarray:
@@ -551,18 +626,22 @@ def _read_png(path: str) -> np.ndarray:
     try:
         data, _ = reader.get_data(reader.read(path))
     except Exception as e:
-        raise MagnitudeInputError(path, f"not a readable image file ({type(e).__name__})") from None
+        if _short_read(e):  # PIL: "image file is truncated"
+            raise MagnitudeInputError(path, f"truncated PNG image file ({type(e).__name__})") from None
+        raise MagnitudeInputError(path, f"not a readable PNG image file ({type(e).__name__})") from None
     return _grey(data, path) if data.ndim == 3 else data
 
 
 def _read_tiff(path: str) -> np.ndarray:
     """``(H, W[, pages...])`` with ``tifffile``; samples (colour) go through the grey rule."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data, axes = series.asarray(), series.axes
             palette = tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
     except Exception as e:
+        if _short_read(e):  # tifffile: "failed to read N bytes, got M"
+            raise MagnitudeInputError(path, f"truncated TIFF file ({type(e).__name__})") from None
         raise MagnitudeInputError(path, f"not a readable TIFF file ({type(e).__name__})") from None
     if palette:
         raise MagnitudeInputError(path, "palette (indexed colour) TIFF: magnitude must be greyscale")
@@ -669,9 +748,11 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
     if isinstance(unit, (str, os.PathLike)):
         unit = os.fspath(unit)
         if os.path.isfile(unit):
+            if os.path.getsize(unit) == 0:
+                raise MagnitudeInputError(unit, "empty file (0 bytes)")
             kind = _kind(unit)
             if kind is None:
-                raise MagnitudeInputError(unit, "unsupported file type")
+                raise MagnitudeInputError(unit, _unrecognised(unit))
         else:
             kind = "dicom"  # a series folder or a #series- unit
     else:
@@ -717,20 +798,24 @@ def load_magnitude(unit: str | os.PathLike | Sequence[str | os.PathLike], slice_
 def iter_magnitude_volumes(root: str | os.PathLike, slice_axis: int = 2,
                            bad: list[BadInput] | None = None) -> Iterator[MagnitudeVolume]:
     """Yield every readable unit under ``root`` (one in memory at a time); bad ones (and folders or links
-    :func:`find_inputs` could not walk) go to ``bad`` and the log."""
+    :func:`find_inputs` could not walk) go to ``bad`` (:class:`BadInput`) and the log, as the line
+    ``skipped <key>: <reason>`` (no path: the anonymous :func:`input_key`, paths scrubbed from the reason)."""
+
+    def skip(unit: str, source: str, reason: str) -> None:
+        entry = BadInput(source=source, reason=scrub_paths(reason, unit, root), key=input_key(unit, root))
+        logger.warning("skipped %s: %s", entry.key, entry.reason)
+        if bad is not None:
+            bad.append(entry)
+
     problems: list[tuple[str, str]] = []
     units = find_inputs(root, problems=problems)
     for path, reason in problems:
-        logger.warning("skipped %s: %s", path, reason)
-        if bad is not None:
-            bad.append(BadInput(source=path, reason=reason))
+        skip(path, path, reason)
     for unit in units:
         try:
             volume = load_magnitude(unit, slice_axis, root=root)
         except MagnitudeInputError as e:
-            logger.warning("skipped %s", e)
-            if bad is not None:
-                bad.append(BadInput(source=e.path, reason=e.reason))
+            skip(unit, e.path, e.reason)
             continue
         yield volume
 

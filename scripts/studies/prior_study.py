@@ -68,7 +68,7 @@ from scripts.recon.l1 import l1_wavelet_recon, tune_l1_lambda
 from scripts.core.complex import channels_to_complex
 from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, load_prior, sampler_from_card
 from scripts.recon.posterior import PriorPosteriorSampler, tune_dc_weight
-from scripts.configs import ROOT, run_bundle
+from scripts.configs import ROOT, as_bool, run_bundle
 from scripts.studies.runner import StageRunner
 
 __all__ = ["PriorStudy"]
@@ -170,7 +170,7 @@ class PriorStudy:
         self.paired_dir, self.archive_dir, self.test_dir = paired_dir, archive_dir, test_dir
         self.sim = {"paired_subjects": int(sim_paired_subjects), "archive_subjects": int(sim_archive_subjects),
                     "test_subjects": int(sim_test_subjects or 0), "slices_per_subject": int(sim_slices_per_subject)}
-        self.espirit_convention = bool(espirit_convention)
+        self.espirit_convention = as_bool(espirit_convention, "espirit_convention")
         self.calib = int(calib_lines) if calib_lines else default_calib_lines(self.size)
         self.phase_model, self.phase_iterations, self.phase_steps = phase_model, int(phase_iterations), int(phase_sampling_steps)
         self.augmented_dir, self.augment_samples = augmented_dir, int(augment_samples)

@@ -17,6 +17,9 @@
   (:func:`scripts.synthesis.synthesize.reject_input`) and an entry in the report. A missing or
   empty input folder, or a run whose inputs all failed, ends with
   :class:`scripts.synthesis.synthesize.NoUsableInput` (one line, exit status 1).
+- :class:`PhaseModelLoader` (in place of MONAI's ``CheckpointLoader``): a missing, unreadable or mismatched
+  phase model ends the run before any input is read with one line (:class:`NoUsableModel`) naming the file and
+  the fix (the training command, or the ``--unet_*`` settings the file was made with).
 
 The writer gathers the slices of each volume and writes, under ``output_dir``:
 
@@ -38,6 +41,7 @@ The writer gathers the slices of each volume and writes, under ``output_dir``:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -56,15 +60,88 @@ from scripts.configs import as_bool
 from scripts.core.complex import phasor_to_phase
 from scripts.core.intensity import NormalizeMagnituded, normalize_magnitude
 from scripts.io.atomic import write_json
+from scripts.io.checkpoint import model_state_dict, unwrap
 from scripts.io.magnitude import MagnitudeVolume, load_magnitude, slices_to_volume
-from scripts.synthesis.synthesize import NoUsableInput, input_key, list_inputs, reject_input, write_input_map
+from scripts.synthesis.synthesize import NoUsableInput, OneLineExit, input_key, list_inputs, reject_input, write_input_map
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["FitSampleSized", "MagnitudeInputd", "MagnitudeSlices", "NormalizeMagnitudeSliced", "PhaseSampleWriter",
-           "PhaseToInputd", "guarded_iteration", "magnitude_png", "phase_png"]
+__all__ = ["FitSampleSized", "MagnitudeInputd", "MagnitudeSlices", "NoUsableModel", "NormalizeMagnitudeSliced",
+           "PhaseModelLoader", "PhaseSampleWriter", "PhaseToInputd", "guarded_iteration", "load_phase_model",
+           "magnitude_png", "phase_png"]
 
 logger = logging.getLogger(__name__)
+
+TRAIN_COMMAND = "python -m monai.bundle run training --config_file configs/train.json"
+"""What makes ``models/model.pt`` (the phase model inference loads by default)."""
+
+
+class NoUsableModel(OneLineExit):
+    """Inference cannot start: its phase model file is missing, unreadable or made for another network (one line)."""
+
+
+def _unet_settings(state: Mapping) -> str:
+    """The ``--unet_*`` overrides a ``DiffusionModelUNet`` state dict was made with, as far as its tensors tell
+    (channels, attention levels, residual blocks; not head channels or norm groups), or ``""``."""
+    channels: list[int] = []
+    while (weight := state.get(f"down_blocks.{len(channels)}.resnets.0.conv1.conv.weight")) is not None:
+        channels.append(int(weight.shape[0]))
+    if not channels:
+        return ""
+    levels = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in state) for i in range(len(channels))]
+    blocks = len({k.split(".")[3] for k in state if k.startswith("down_blocks.0.resnets.")})
+    compact = {"separators": (",", ":")}
+    return (f"--unet_channels '{json.dumps(channels, **compact)}' --unet_attention_levels '{json.dumps(levels, **compact)}'"
+            f" --unet_num_res_blocks {blocks}")
+
+
+def load_phase_model(network: torch.nn.Module, path: str | os.PathLike, map_location: Any = None) -> torch.nn.Module:
+    """Load the phase model weights (a plain state dict, or a checkpoint holding ``"model"``) into ``network`` with
+    ``torch.load(..., weights_only=True)``; a file that is missing, unreadable or shaped for another network raises
+    :class:`NoUsableModel`, one line naming the file and the fix."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise NoUsableModel(f"inference: no phase model at {path}: train one with `{TRAIN_COMMAND}` or pass --ckpt_path")
+    try:
+        state = model_state_dict(path, map_location)  # torch.load(..., weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or objects that weights_only refuses
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise NoUsableModel(f"inference: phase model {path} is not a readable weights file ({type(e).__name__}: {first}); "
+                            f"train one with `{TRAIN_COMMAND}` or pass another --ckpt_path") from None
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NoUsableModel(f"inference: phase model {path} holds no model weights (a state dict, or a checkpoint "
+                            f"with 'model'); train one with `{TRAIN_COMMAND}` or pass another --ckpt_path")
+    target = unwrap(network)
+    expected = target.state_dict()
+    differ = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if differ or missing or unexpected:
+        found = []
+        if differ:
+            k = differ[0]
+            found.append(f"{len(differ)} of {len(expected)} tensors differ in shape "
+                         f"(e.g. {k}: file {list(state[k].shape)}, network {list(expected[k].shape)})")
+        found += [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys]
+        made = _unet_settings(state)
+        fix = f"pass the settings it was made with: {made}" if made else "pass the --unet_* settings it was trained with"
+        raise NoUsableModel(f"inference: phase model {path} does not fit the configured network: {'; '.join(found)}; "
+                            f"{fix} (and --unet_num_head_channels / --unet_norm_num_groups if they differ), or another --ckpt_path")
+    target.load_state_dict(state)
+    logger.info("phase model loaded from %s", path)
+    return network
+
+
+class PhaseModelLoader:
+    """Ignite handler in place of MONAI's ``CheckpointLoader`` (whose missing or mismatched file ends inference in an
+    86-line traceback): :func:`load_phase_model` when attached, i.e. when the evaluator is built, so a bad file ends
+    the run before any input is read, with one line (an exception inside the run would add ignite's error line)."""
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, map_location: Any = None) -> None:
+        self.load_path, self.network, self.map_location = load_path, network, map_location
+
+    def attach(self, engine) -> None:
+        load_phase_model(self.network, self.load_path, self.map_location)
 
 
 class MagnitudeSlices:

@@ -54,8 +54,8 @@ Archive scale:
 Privacy: no path, file name or header value of an input reaches any output or log line.
 Inputs are named by ``key`` = :func:`input_key` (a sha256 of the path relative to
 ``input_dir``); the manifest has the magnitude reader's anonymous ``input_id`` and that key;
-skipped inputs are reported as ``{"input": key, "reason": ...}`` with every component of the
-input's path scrubbed from the reason. To find a reported input, run :func:`locate_inputs`
+skipped inputs are reported as ``{"input": key, "reason": ...}`` with the input's path and the names in it
+scrubbed from the reason (:func:`scripts.io.magnitude.scrub_paths`). To find a reported input, run :func:`locate_inputs`
 locally (it prints paths to your own console, never to the outputs), or opt in to
 ``write_input_map`` (``REPORT/input_map.PRIVATE.json``: key -> relative path). The one exception is
 MONAI's runner itself, which echoes its command-line arguments (``--input_dir``/``--output_dir``)
@@ -69,7 +69,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,10 +82,11 @@ from scripts.configs import as_bool
 from scripts.io.atomic import stale_temporaries, write_json, write_text
 from scripts.io.fastmri_h5 import anonymous_id, write_fastmri
 from scripts.core.intensity import magnitude_reference
-from scripts.io.magnitude import MagnitudeInputError, find_inputs, load_magnitude
+from scripts.io.magnitude import MagnitudeInputError, find_inputs, input_key, load_magnitude
+from scripts.io.magnitude import scrub_paths as _scrub
 from scripts.phase.sources import get_phase_source
 
-__all__ = ["NoUsableInput", "Synthesizer", "derive_seed", "failure_reason", "input_key", "list_inputs", "locate_inputs",
+__all__ = ["NoUsableInput", "OneLineExit", "Synthesizer", "derive_seed", "failure_reason", "input_key", "list_inputs", "locate_inputs",
            "merge_manifests", "reject_input", "shard", "write_input_map"]
 
 logger = logging.getLogger(__name__)
@@ -97,27 +97,24 @@ PARTS = "_parts"
 INPUT_MAP = "input_map.PRIVATE.json"
 
 
-class NoUsableInput(SystemExit):
-    """A batch run that made nothing: its input folder is missing or empty, or every input failed.
+class OneLineExit(SystemExit):
+    """Ends a command-line run with exit status 1 and its message as the one line on the console.
 
-    A ``SystemExit`` (exit status 1, the message as the one line on the console) because MONAI wraps any
-    ``Exception`` of a config expression into "Failed to evaluate ConfigExpression" under a long traceback.
+    A ``SystemExit`` because MONAI wraps any ``Exception`` of a config expression into "Failed to evaluate
+    ConfigExpression" under a long traceback.
     """
 
     def __str__(self) -> str:
         return str(self.code)
 
 
+class NoUsableInput(OneLineExit):
+    """A batch run that made nothing: its input folder is missing or empty, or every input failed."""
+
+
 def derive_seed(*parts: object) -> int:
     """A 31-bit seed from ``parts`` (sha256): independent streams per volume, sample and purpose."""
     return int(anonymous_id("seed", *parts), 16) % (2**31 - 1)
-
-
-def input_key(unit: str, root: str | os.PathLike) -> str:
-    """The anonymous name of an input unit: sha256 of its path relative to the archive root."""
-    root = os.path.abspath(root)
-    rel = "." if os.path.abspath(unit) == root else os.path.relpath(os.path.abspath(unit), root)
-    return anonymous_id("input", Path(rel).as_posix())
 
 
 def locate_inputs(input_dir: str | os.PathLike, keys: Sequence[str]) -> dict[str, str]:
@@ -158,15 +155,6 @@ def _jsonable(value):
     if isinstance(value, torch.device):
         return str(value)
     return f"<{type(value).__name__}>"  # paths and objects: no file names, no memory addresses
-
-
-def _scrub(text: str, unit: str, root: str | os.PathLike) -> str:
-    """Replace any path under ``root``, the input's path and every component of its relative path by ``<input>``."""
-    absolute, base = os.path.abspath(unit), os.path.abspath(root)
-    rel = os.path.relpath(absolute, base) if absolute != base else ""
-    parts = {unit, absolute, rel, *Path(rel).parts} - {"", ".", ".."}
-    patterns = [re.escape(base) + r"[^\s'\":,;]*"] + [re.escape(p) for p in sorted(parts, key=len, reverse=True)]
-    return re.sub("|".join(patterns), "<input>", text)  # one pass: replacements are not matched again
 
 
 class _Unusable(ValueError):
