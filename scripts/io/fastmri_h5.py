@@ -42,7 +42,14 @@ __all__ = [
 
 
 class FastMRIFileError(ValueError):
-    """A file that is not a usable fastMRI h5 file; the message names the file and the reason."""
+    """A file that is not a usable fastMRI h5 file; ``str(e) == "<path>: <reason>"``, both kept as attributes."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = str(path), str(reason)
+        super().__init__(f"{self.path}: {self.reason}")
+
+    def __reduce__(self):  # pickles (process pools) with both arguments
+        return type(self), (self.path, self.reason)
 
 
 def anonymous_id(*parts: object) -> str:
@@ -98,7 +105,7 @@ def write_fastmri(
     path = Path(path)
     kspace = np.asarray(kspace)
     if kspace.ndim not in (3, 4) or not np.iscomplexobj(kspace):
-        raise FastMRIFileError(f"{path}: kspace must be complex (slices, [coils,] H, W), got {kspace.dtype} {kspace.shape}")
+        raise FastMRIFileError(path, f"kspace must be complex (slices, [coils,] H, W), got {kspace.dtype} {kspace.shape}")
     kspace = kspace.astype(np.complex64, copy=False)
     multicoil = kspace.ndim == 4
     recon = rss(kspace) if multicoil else np.abs(ifft2c(kspace))
@@ -123,7 +130,9 @@ def _open(path: str | os.PathLike) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise FastMRIFileError(f"{path}: not a readable HDF5 file ({e.__class__.__name__}: {e})") from None
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        reason = "empty file (0 bytes)" if empty else f"not a readable HDF5 file ({e.__class__.__name__}: {e})"
+        raise FastMRIFileError(path, reason) from None
     reason = None
     if "kspace" not in f:
         reason = f"no 'kspace' dataset (keys: {sorted(f.keys())})"
@@ -131,7 +140,7 @@ def _open(path: str | os.PathLike) -> h5py.File:
         reason = f"'kspace' must be complex (slices, [coils,] H, W), got {f['kspace'].dtype} {f['kspace'].shape}"
     if reason:
         f.close()
-        raise FastMRIFileError(f"{path}: {reason}")
+        raise FastMRIFileError(path, reason)
     return f
 
 

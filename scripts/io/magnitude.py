@@ -675,8 +675,7 @@ def _read_fastmri(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             value = fastmri_h5.read_slice(path, i, keys=(key,))[key]
             slices.append(value if recon else fastmri_h5.rss(value if value.ndim == 3 else value[None]))
     except FastMRIFileError as e:
-        message = str(e)
-        raise MagnitudeInputError(path, message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message) from None
+        raise MagnitudeInputError(path, e.reason) from None
     except MagnitudeInputError:
         raise
     except Exception as e:

@@ -217,12 +217,12 @@ def complex_slice(
     if complex_source in ("auto", "image_complex") and "image_complex" in keys:
         return np.asarray(read_slice(path, index, ("image_complex",))["image_complex"], dtype=np.complex64)
     if complex_source == "image_complex":
-        raise FastMRIFileError(f"{path}: no 'image_complex' dataset")
+        raise FastMRIFileError(path, "no 'image_complex' dataset")
     if kspace_ndim == 0:
-        raise FastMRIFileError(f"{path}: no 'kspace' dataset to derive the complex image from")
+        raise FastMRIFileError(path, "no 'kspace' dataset to derive the complex image from")
     if complex_source == "coil_maps":
         if "coil_maps" not in keys:
-            raise FastMRIFileError(f"{path}: no 'coil_maps' dataset")
+            raise FastMRIFileError(path, "no 'coil_maps' dataset")
         d = read_slice(path, index, ("kspace", "coil_maps"))
         images = sigpy.ifft(d["kspace"], axes=(-2, -1), center=True, norm="ortho")
         return coil_combine(images, d["coil_maps"])

@@ -79,8 +79,10 @@ def read_kspace(path: str | os.PathLike, size: int | None = None, slices: Sequen
     else:
         import h5py
 
+        from scripts.io.fastmri_h5 import num_slices
+
+        n = num_slices(path)  # a readable file with complex kspace, else FastMRIFileError naming the cause
         with h5py.File(path, "r") as f:
-            n = f["kspace"].shape[0]
             idx = list(range(n)) if slices is None else [int(i) for i in slices]
             k = np.stack([np.asarray(f["kspace"][i]) for i in idx]).astype(np.complex64)
             if k.ndim == 3:

@@ -22,7 +22,15 @@ Methods:
 
 Outputs (``output_dir``): ``slice_metrics.csv``, ``volume_metrics.csv``, ``summary.csv``
 (per method and R: mean of the volume metrics, the mean over slices and its 95% CI from a
-bootstrap over volumes), written by :func:`evaluate_varnet`.
+bootstrap over volumes, ``skipped_files``) and ``skipped.json``, written by :func:`evaluate_varnet`.
+
+Input boundary (the rule of ``synthesize`` and ``inference``): whatever one test file raises (not HDF5,
+no or malformed ``kspace``, a method failing on one of its slices; not ``MemoryError``) skips that file
+only: one log line ``<key>: <reason>`` (:func:`scripts.synthesis.synthesize.reject_input`: the anonymous
+input key, the cause with paths scrubbed), an entry ``{"input": key, "reason": ...}`` in ``skipped.json``,
+its count in every summary row; the metrics are computed on the other files. A missing or empty
+``test_dir``, or a run whose files all failed, ends with :class:`scripts.synthesis.synthesize.NoUsableInput`
+(one line, exit status 1; ``skipped.json`` is written first).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scripts.io.atomic import write_json
 from scripts.io.fastmri_h5 import num_slices, read_slice
 from scripts.io.tables import write_csv
 from scripts.core.espirit import acs_box, espirit_calib
@@ -44,6 +53,7 @@ from scripts.core.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, M
 from scripts.core.metrics import METRICS, center_crop, interval_table, slice_metrics, volume_metrics
 from scripts.recon.l1 import l1_wavelet_recon
 from scripts.recon.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct
+from scripts.synthesis.synthesize import NoUsableInput, reject_input
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -56,6 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("varnet", "zero_filled", "l1_wavelet")
+SKIPPED = "skipped.json"
 
 
 def acs_espirit_maps(
@@ -116,17 +127,30 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{str(r.get('label') or '-'):<12} {r['method']:<12} {r['acceleration']:>5g} {r['volumes']:>5d} "
             f"{r['nmse']:>8.4f} {r['psnr']:>7.2f} {r['ssim']:>7.4f}  {ci}"
         )
+    skipped = max((int(r.get("skipped_files") or 0) for r in rows), default=0)
+    if skipped:
+        lines.append(f"{skipped} test file(s) skipped (reasons in skipped.json): not in these figures")
     return "\n".join(lines)
 
 
-def _test_files(test_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
-    if isinstance(test_dir, (str, os.PathLike)):
-        files = list_h5(test_dir, "test")
-    else:
+def _test_files(test_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[str], str]:
+    """``(files, root)``: the sorted test files and the folder their report keys are relative to;
+    :class:`scripts.synthesis.synthesize.NoUsableInput` when the folder is missing or there are no files."""
+    if not isinstance(test_dir, (str, os.PathLike)):
         files = sorted(str(f) for f in test_dir)
+        if not files:
+            raise NoUsableInput("evaluate: the list of test files is empty")
+        return files, os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    folder = os.fspath(test_dir)
+    if not os.path.isdir(folder):
+        raise NoUsableInput(f"evaluate: test_dir {folder} {'is not a folder' if os.path.exists(folder) else 'does not exist'}")
+    try:
+        files = list_h5(folder, "test")
+    except FileNotFoundError:  # neither a test/ folder nor .h5 files
+        files = []
     if not files:
-        raise FileNotFoundError(f"no .h5 test files in {test_dir}")
-    return files
+        raise NoUsableInput(f"evaluate: no .h5 test files in test_dir {folder} (or its test/ folder)")
+    return files, folder
 
 
 def evaluate_varnet(
@@ -168,8 +192,9 @@ def evaluate_varnet(
             :func:`acs_espirit_maps` kwargs.
         max_slices_per_volume: evaluate only the first N slices of each volume.
     Returns:
-        ``{"slices": [...], "volumes": [...], "summary": [...]}``: lists of plain dict rows with
-        ``label, method, acceleration, mask_type, center_fraction, file, [slice], nmse, psnr, ssim``.
+        ``{"slices": [...], "volumes": [...], "summary": [...], "skipped": [...]}``: lists of plain dict rows with
+        ``label, method, acceleration, mask_type, center_fraction, file, [slice], nmse, psnr, ssim``, and the
+        skipped files (see the module docstring).
     """
     if checkpoint is not None and str(checkpoint).strip().lower() in ("", "none", "null"):
         checkpoint = None
@@ -188,17 +213,21 @@ def evaluate_varnet(
         network = network.to(device).eval()
     accelerations = [float(a) for a in accelerations]
     sampler = MaskSampler(mask_type, accelerations, center_fraction, seed=seed)
-    files = _test_files(test_dir)
-    slice_rows: list[dict[str, Any]] = []
-    volume_rows: list[dict[str, Any]] = []
-    timings = {(m, r): 0.0 for m in methods for r in accelerations}
-    for path in files:
+    files, root = _test_files(test_dir)
+
+    def evaluate_file(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[tuple[str, float], float]]:
+        """Slice rows, volume rows and seconds per (method, R) of one test file."""
         name = Path(path).name
         count = num_slices(path)
         if max_slices_per_volume:
             count = min(count, int(max_slices_per_volume))
+        if count < 1:
+            raise ValueError("'kspace' holds no slices")
         gt_slices: list[np.ndarray] = []
         preds: dict[tuple[str, float], list[np.ndarray]] = {(m, r): [] for m in methods for r in accelerations}
+        seconds = dict.fromkeys(preds, 0.0)
+        rows: list[dict[str, Any]] = []
+        volumes: list[dict[str, Any]] = []
         accels: dict[tuple[float, int], float] = {}
         for s in range(count):
             data = read_slice(path, s, keys=("kspace", "reconstruction_rss"))
@@ -215,7 +244,7 @@ def evaluate_varnet(
                 if "varnet" in methods:
                     t0 = time.perf_counter()
                     preds[("varnet", r)].append(varnet_reconstruct(network, example, device))
-                    timings[("varnet", r)] += time.perf_counter() - t0
+                    seconds[("varnet", r)] += time.perf_counter() - t0
                 if "zero_filled" in methods:
                     preds[("zero_filled", r)].append(example["zero_filled"].numpy())
                 if "l1_wavelet" in methods:
@@ -231,7 +260,7 @@ def evaluate_varnet(
                         logger.warning("l1_wavelet skipped for %s slice %d at R=%g: %s", name, s, r, e)
                         image = np.full(gt.shape, np.nan, dtype=np.float32)
                     preds[("l1_wavelet", r)].append(image)
-                    timings[("l1_wavelet", r)] += time.perf_counter() - t0
+                    seconds[("l1_wavelet", r)] += time.perf_counter() - t0
         gt_volume = np.stack(gt_slices)
         for (method, r), images in preds.items():
             pred_volume = np.stack(images)
@@ -239,14 +268,38 @@ def evaluate_varnet(
             data_range = float(gt_volume.max())  # fastMRI: PSNR and SSIM of a slice use the volume max
             for s, (g, p) in enumerate(zip(gt_volume, pred_volume)):
                 values = slice_metrics(g, p, data_range)
-                slice_rows.append({**common, "slice": s, "effective_acceleration": accels[(r, s)], **values})
-            volume_rows.append({**common, "slices": count, **volume_metrics(gt_volume, pred_volume)})
+                rows.append({**common, "slice": s, "effective_acceleration": accels[(r, s)], **values})
+            volumes.append({**common, "slices": count, **volume_metrics(gt_volume, pred_volume)})
         logger.info("evaluated %s (%d slices)", name, count)
+        return rows, volumes, seconds
+
+    slice_rows: list[dict[str, Any]] = []
+    volume_rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    timings = {(m, r): 0.0 for m in methods for r in accelerations}
+    for path in files:
+        try:
+            rows, volumes, seconds = evaluate_file(path)
+        except MemoryError:
+            raise
+        except Exception as e:  # this file only: report it and go on
+            skipped.append(reject_input(path, root, e))
+            continue
+        slice_rows += rows
+        volume_rows += volumes
+        for key, t in seconds.items():
+            timings[key] += t
+    if output_dir is not None:
+        write_json(Path(output_dir) / SKIPPED, skipped)
+    if not volume_rows:
+        where = Path(output_dir) / SKIPPED if output_dir is not None else "the log"
+        raise NoUsableInput(f"evaluate: all {len(skipped)} test file(s) failed; the reasons are in {where}")
     summary = summarize(slice_rows, volume_rows, n_bootstrap=n_bootstrap, seed=seed)
     for row in summary:
         row["seconds_per_slice"] = timings.get((row["method"], row["acceleration"]), 0.0) / max(row["slices"], 1)
+        row["skipped_files"] = len(skipped)
     if output_dir is not None:
         write_csv(slice_rows, Path(output_dir) / "slice_metrics.csv")
         write_csv(volume_rows, Path(output_dir) / "volume_metrics.csv")
         write_csv(summary, Path(output_dir) / "summary.csv")
-    return {"slices": slice_rows, "volumes": volume_rows, "summary": summary}
+    return {"slices": slice_rows, "volumes": volume_rows, "summary": summary, "skipped": skipped}

@@ -72,6 +72,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,6 +88,7 @@ from scripts.recon.cases import make_case, read_kspace
 from scripts.recon.l1 import l1_wavelet_recon
 from scripts.core.complex import channels_to_complex, complex_to_channels
 from scripts.recon.prior import load_prior, sampler_from_card
+from scripts.synthesis.synthesize import NoUsableInput, failure_reason
 
 __all__ = ["PriorPosteriorSampler", "reconstruct_file", "tune_dc_weight"]
 
@@ -274,26 +276,36 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
     (``configs/prior_study_cpu64.json``); tune them for other data. Writes
     ``<output_dir>/<name>_<mask>.h5`` (``reconstruction`` complex,
     ``zero_filled``, ``l1_wavelet`` when ``l1_lambda`` is given, ``mask``, ``coil_maps``,
-    ``reference`` when known), a PNG per slice and ``metrics.json``.
+    ``reference`` when known), a PNG per slice and ``metrics.json``. A missing file, or one that cannot be read
+    or undersampled (not HDF5/``.mat``, no complex ``kspace``, a mask that does not fit), ends the run with
+    :class:`scripts.synthesis.synthesize.NoUsableInput`: one line naming the file and the cause, exit status 1.
     """
     import h5py
 
+    if not kspace or not os.path.isfile(kspace):
+        raise NoUsableInput(f"reconstruct: kspace file {kspace} does not exist" if kspace else "reconstruct: pass --kspace FILE")
     t0 = time.perf_counter()
     net, card = load_prior(prior, network)
     net = net.to(device)
     size = int(card["image_size"]) if card.get("image_size") else None
-    full, info = read_kspace(kspace, size, slices, remove_oversampling)
-    h, w = full.shape[-2:]
-    if h != w or (size and (h, w) != (size, size)):
-        logger.warning("%s: k-space is %dx%d after cropping, the prior was trained at %s px%s", Path(kspace).name, h, w,
-                       size, " (fastMRI raw data: set remove_oversampling)" if h > w else "")
-    calib = default_calib_lines(min(h, w)) if calib_lines is None else int(calib_lines)
-    measured = info.get("mask") is not None
-    if measured:
-        m = info["mask"]
-    else:
-        m = pattern_mask(mask, (h, w), acceleration, calib, mask_seed)
-    cases = [make_case(s, m, calib) for s in full]
+    try:  # reading and undersampling the file: what it raises ends the run with one line naming it and the cause
+        full, info = read_kspace(kspace, size, slices, remove_oversampling)
+        h, w = full.shape[-2:]
+        if h != w or (size and (h, w) != (size, size)):
+            logger.warning("%s: k-space is %dx%d after cropping, the prior was trained at %s px%s", Path(kspace).name, h, w,
+                           size, " (fastMRI raw data: set remove_oversampling)" if h > w else "")
+        calib = default_calib_lines(min(h, w)) if calib_lines is None else int(calib_lines)
+        measured = info.get("mask") is not None
+        if measured:
+            m = info["mask"]
+        else:
+            m = pattern_mask(mask, (h, w), acceleration, calib, mask_seed)
+        cases = [make_case(s, m, calib) for s in full]
+    except MemoryError:
+        raise
+    except Exception as e:
+        reason = failure_reason(e, kspace, os.path.dirname(os.path.abspath(kspace)))
+        raise NoUsableInput(f"reconstruct: cannot reconstruct {kspace}: {reason}") from None
     sampler = PriorPosteriorSampler(net, sampler_from_card(card) if card else sampler_from_card({}), num_steps, dc_weight,
                                     cg_iters, final_dc_weight, final_cg_iters, eta, card.get("clip", 2.0), scale_method, seed,
                                     start_fraction=start_fraction, num_samples=num_samples)

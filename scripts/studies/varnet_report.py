@@ -237,7 +237,10 @@ def write_report(study, evaluations: Mapping[str, Mapping[str, str]], realism: M
                 grid = out / f"recon_grid_R{r}_{test_set}.png"
                 _recon_grid(study, test_files, {s: c for s, c in varnets.items() if os.path.exists(c)}, r, grid, title)
                 grids.append(grid.name)
-        lines += ["", f"## Reconstruction, {title}", "", *_table(summary, study.accelerations, order), "",
+        skipped = max((int(r.get("skipped_files") or 0) for r in summary), default=0)
+        note = [f"**{skipped} test file(s) could not be evaluated and are not in these figures** (reasons in "
+                "`skipped.json` beside each evaluation's CSVs).", ""] if skipped else []
+        lines += ["", f"## Reconstruction, {title}", "", *note, *_table(summary, study.accelerations, order), "",
                   *_ranking(summary, study.accelerations, study.sources), "",
                   f"![metrics vs R](metric_vs_R_{test_set}.png)", *[f"![recon]({g})" for g in grids]]
     rows = [dict(r) for r in realism.values()]

@@ -80,7 +80,7 @@ import torch
 from scripts.coils import simulation as coils
 from scripts.configs import as_bool
 from scripts.io.atomic import stale_temporaries, write_json, write_text
-from scripts.io.fastmri_h5 import anonymous_id, write_fastmri
+from scripts.io.fastmri_h5 import FastMRIFileError, anonymous_id, write_fastmri
 from scripts.core.intensity import magnitude_reference
 from scripts.io.magnitude import MagnitudeInputError, find_inputs, input_key, load_magnitude
 from scripts.io.magnitude import scrub_paths as _scrub
@@ -167,7 +167,7 @@ def failure_reason(error: BaseException | str, unit: str, root: str | os.PathLik
     if isinstance(error, BaseException):
         while error.__cause__ is not None:  # MONAI and Ignite wrap the real cause ("applying transform ...")
             error = error.__cause__
-        if isinstance(error, MagnitudeInputError):
+        if isinstance(error, (MagnitudeInputError, FastMRIFileError)):
             error = error.reason
         elif not isinstance(error, _Unusable):
             error = f"{type(error).__name__}: {error}"
