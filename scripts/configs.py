@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 SOURCE_DIR = CONFIG_DIR / "source"
 MACRO = "%"
+PRETRAINED_PHASE_MODEL = "bundles/pretrained/phase_rflow_64px.pt"  # the shipped phase model, under ROOT (bundles/pretrained/README.md)
 
 
 def as_bool(value: Any, name: str) -> bool:

@@ -187,7 +187,8 @@ def bundle(tmp_path_factory) -> Path:
 
 def _inference(bundle: Path, input_dir: Path, output_dir: Path, **overrides) -> ConfigWorkflow:
     wf = ConfigWorkflow(config_file=str(ROOT / "configs" / "inference.json"), workflow_type="infer", meta_file=None,
-                        logging_file=False, run_id="run", bundle_root=str(bundle), input_dir=str(input_dir),
+                        logging_file=False, run_id="run", bundle_root=str(bundle), ckpt_path=str(bundle / "models" / "model.pt"),
+                        input_dir=str(input_dir),
                         output_dir=str(output_dir), num_inference_steps=2, num_samples=1, **{**TINY_NET, **overrides})
     wf.initialize()
     return wf
@@ -285,7 +286,8 @@ def test_cli_exits_non_zero_with_one_line(bundle, tmp_path):
     assert typo.stderr.strip().splitlines()[-1] == f"synthesize: input_dir {tmp_path / 'archvie'} does not exist"
     (tmp_path / "bad" / PHI_FOLDER).mkdir(parents=True)
     (tmp_path / "bad" / PHI_FOLDER / f"{PHI}.png").write_bytes(b"not a png")
-    failed = _cli("inference.json", "inference", tmp_path, bundle_root=str(bundle), input_dir=str(tmp_path / "bad"),
+    failed = _cli("inference.json", "inference", tmp_path, bundle_root=str(bundle),
+                  ckpt_path=str(bundle / "models" / "model.pt"), input_dir=str(tmp_path / "bad"),
                   output_dir=str(tmp_path / "out"), num_inference_steps=2, num_samples=1, **TINY_NET)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines()[-1].startswith("inference: all 1 input(s) failed")

@@ -120,7 +120,7 @@ def test_training_and_inference_run_from_another_folder(tmp_path):
     assert (bundle / "models" / "model.pt").is_file()
     make_inputs(tmp_path / "in")
     run("inference", "inference.json", input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
-        num_inference_steps=2, num_samples=1, **TINY_NET)
+        ckpt_path=str(bundle / "models" / "model.pt"), num_inference_steps=2, num_samples=1, **TINY_NET)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert sorted(w["kind"] for w in report["written"]) == ["nifti", "png"]
     assert not (elsewhere / "configs").exists() and not (elsewhere / "models").exists()

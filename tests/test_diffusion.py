@@ -379,7 +379,7 @@ def test_inference_workflow(trained, tmp_path, in_root):
     vol = make_inputs(tmp_path / "in")
     out = tmp_path / "out"
     wf = _workflow("inference.json", "infer", bundle_root=str(bundle), input_dir=str(tmp_path / "in"),
-                   output_dir=str(out), num_inference_steps=3, num_samples=2, **TINY_NET)
+                   ckpt_path=str(bundle / "models" / "model.pt"), output_dir=str(out), num_inference_steps=3, num_samples=2, **TINY_NET)
     assert wf.check_properties() == []
     wf.run()
     first = {p.name: np.asarray(nib.load(p).dataobj) for p in out.glob("*.nii.gz")}

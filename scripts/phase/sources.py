@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from scripts.configs import PRETRAINED_PHASE_MODEL
 from scripts.core.complex import wrap_phase
 
 __all__ = ["PhaseSource", "PHASE_SOURCES", "get_phase_source", "register_phase_source"]
@@ -399,9 +400,9 @@ class DiffusionPhase(_NetworkSource):
     """Phase sampled from the conditional diffusion model (:mod:`scripts.phase.diffusion`).
 
     Args:
-        checkpoint: ``models/model.pt`` (plain state dict; the default, under the bundle
-            root) or a full training checkpoint holding ``"model"``; loaded once with
-            ``torch.load(..., weights_only=True)``.
+        checkpoint: a plain state dict or a full training checkpoint holding ``"model"``
+            (default: the shipped model, ``scripts.configs.PRETRAINED_PHASE_MODEL`` under the
+            bundle root); loaded once with ``torch.load(..., weights_only=True)``.
         network: the network (an ``nn.Module``); default: ``configs/common.json#network_def``.
         scheduler: a MONAI scheduler object, or a name in ``configs/common.json#schedulers``
             (``"ddpm"``, ``"ddim"``, ``"rflow"``); default: ``configs/common.json#sampler``.
@@ -432,7 +433,7 @@ class DiffusionPhase(_NetworkSource):
             if num_inference_steps is None and scheduler is None:
                 num_inference_steps = int(parsed(config_file, "num_inference_steps", **overrides))
             scheduler = parsed(config_file, f"schedulers#{name}", **overrides)
-        self.network = load_weights(network, _checkpoint(checkpoint, "models/model.pt"), map_location="cpu").to(self.device).eval()
+        self.network = load_weights(network, _checkpoint(checkpoint, PRETRAINED_PHASE_MODEL), map_location="cpu").to(self.device).eval()
         self.inferer = PhaseSamplingInferer(scheduler, num_inference_steps=num_inference_steps, num_samples=1,
                                             seed=None, output="phase", sample_batch_size=self.batch_size)
 

@@ -73,7 +73,7 @@ __all__ = ["FitSampleSized", "MagnitudeInputd", "MagnitudeSlices", "NoUsableMode
 logger = logging.getLogger(__name__)
 
 TRAIN_COMMAND = "python -m monai.bundle run training --config_file configs/train.json"
-"""What makes ``models/model.pt`` (the phase model inference loads by default)."""
+"""What makes ``models/model.pt``, a phase model of one's own (inference loads the shipped one by default)."""
 
 
 class NoUsableModel(OneLineExit):
