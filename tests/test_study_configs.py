@@ -59,6 +59,25 @@ def test_stage_settings_may_not_change_the_study_sizes(tmp_path):
         study.workflow_overrides("diffusion")
 
 
+def test_the_study_may_start_from_the_shipped_phase_model(tmp_path):
+    from scripts.configs import PRETRAINED_PHASE_MODEL
+    from scripts.phase.sources import get_phase_source
+
+    parser, _ = _study(PROFILES["study"], tmp_path)
+    parser["phase_model"] = "pretrained"
+    study = parser.get_parsed_content("study_def", lazy=False)
+    kwargs = study._source_kwargs("diffusion", {"diffusion": study._pretrained()})
+    assert kwargs["checkpoint"].endswith(PRETRAINED_PHASE_MODEL) and "network_overrides" not in kwargs
+    get_phase_source("diffusion", **kwargs)  # the shipped weights fit the network the study then builds
+    for value, match in (("128", "64 px"), ("download", "'train' or 'pretrained'")):
+        parser, _ = _study(PROFILES["study"], tmp_path)
+        parser["phase_model"] = "pretrained" if value == "128" else value
+        parser["image_size"] = 128 if value == "128" else 64
+        with pytest.raises(RuntimeError) as failed:  # MONAI wraps the constructor's ValueError
+            parser.get_parsed_content("study_def", lazy=False)
+        assert isinstance(failed.value.__cause__, ValueError) and match in str(failed.value.__cause__)
+
+
 TINY_LEARNED = {
     **TINY,
     "phase_sources": ["diffusion", "gan"],

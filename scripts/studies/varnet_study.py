@@ -7,7 +7,8 @@ a killed stage is redone, its outputs being written atomically or overwritten.
 1. ``simulate``: the paired complex dataset (``scripts.simulate.dataset``), unless ``simulate`` is
    ``None`` (a user's fastMRI folder); ``pair/<split>``: every split made square at
    ``image_size`` and paired with its complex image (:func:`prepare_paired_split`);
-2. ``train_diffusion`` / ``train_gan``: the learned phase models on the paired ``train`` split,
+2. ``train_diffusion`` / ``train_gan``: the learned phase models on the paired ``train`` split
+   (``phase_model='pretrained'``: the shipped diffusion model instead, 64 px studies only),
    through ``configs/train.json`` / ``configs/train_gan.json`` (``ConfigWorkflow``), which receive the
    study's ``image_size``, ``num_coils`` and seed (:meth:`Study.workflow_overrides`);
 3. per phase source: ``synthesize``: the magnitude of the ``train`` and ``val`` splits (the
@@ -50,6 +51,7 @@ __all__ = ["PHASE_SOURCES", "Study", "prepare_real_test_set"]
 
 PHASE_SOURCES = ("ground_truth", "diffusion", "gan", "physics", "smooth", "sinusoidal", "uniform", "zero")
 LEARNED = {"diffusion": "train_diffusion", "gan": "train_gan"}
+PRETRAINED_SIZE = 64  # the shipped phase model's image size (bundles/pretrained/README.md)
 SYNTHESIS_MAPS_KEYS = ("phase_source_kwargs", "maps", "birdcage", "bank")  # study settings, not Synthesizer arguments
 
 
@@ -141,6 +143,7 @@ class Study:
         real_test_dir: str | os.PathLike | None = None,
         config_dir: str | os.PathLike = "configs",
         num_threads: int | None = None,
+        phase_model: str = "train",
     ) -> None:
         unknown = set(phase_sources) - set(PHASE_SOURCES)
         if unknown:
@@ -159,6 +162,12 @@ class Study:
         self.real_test_dir = Path(real_test_dir) if real_test_dir and Path(real_test_dir).is_dir() else None
         self.config_dir = Path(config_dir)
         self.num_threads = num_threads  # torch CPU threads; small CPU-sized nets run fastest on one
+        if phase_model not in ("train", "pretrained"):
+            raise ValueError(f"phase_model must be 'train' or 'pretrained', got {phase_model!r}")
+        if phase_model == "pretrained" and self.image_size != PRETRAINED_SIZE:
+            raise ValueError(f"the shipped phase model is {PRETRAINED_SIZE} px and this study {self.image_size} px: "
+                             "train one (phase_model 'train')")
+        self.phase_model = phase_model
         self.l1_tuning: dict | None = None  # set by run() when evaluation has an l1_lambda_grid
         self.stage = StageRunner(self.study_dir, "study")
         self.timings = self.stage.timings
@@ -180,6 +189,13 @@ class Study:
     def _workflow(self, config: str, **override: Any) -> None:
         run_bundle(self.config_dir / config, run_id="run", **override)
 
+    @staticmethod
+    def _pretrained() -> str:
+        """The shipped phase model (``phase_model='pretrained'``): the study's CPU time goes to the VarNets."""
+        from scripts.configs import PRETRAINED_PHASE_MODEL, ROOT
+
+        return str(ROOT / PRETRAINED_PHASE_MODEL)
+
     def _simulate(self) -> dict:
         from scripts.simulate.dataset import simulate_dataset
 
@@ -197,7 +213,7 @@ class Study:
         kwargs = dict(self.synthesis.get("phase_source_kwargs", {}).get(source, {}))
         if source in checkpoints:
             kwargs["checkpoint"] = checkpoints[source]
-        if source == "diffusion":  # the architecture the model was trained with
+        if source == "diffusion" and self.phase_model == "train":  # the architecture the model was trained with
             kwargs["network_overrides"] = {k: v for k, v in self.diffusion.items() if k.startswith("unet_")}
         return kwargs
 
@@ -295,7 +311,8 @@ class Study:
             files = sorted(str(p) for p in Path(find_split(self.source_dir, split)).glob("*.h5"))
             self.stage(f"pair/{split}", {**base, "files": files},
                        lambda: prepare_paired_split(files, self.dataset_dir / split, self.image_size))
-        checkpoints = {s: self.stage(LEARNED[s], {**base, **self.workflow_overrides(s)[1]}, lambda s=s: self._train_learned(s))
+        checkpoints = {s: self._pretrained() if (s, self.phase_model) == ("diffusion", "pretrained") else
+                       self.stage(LEARNED[s], {**base, **self.workflow_overrides(s)[1]}, lambda s=s: self._train_learned(s))
                        for s in self.sources if s in LEARNED}
         if self.synthesis.get("maps") == "espirit":
             bank = {**base, "files": sorted(str(p) for p in (self.dataset_dir / "train").glob("*.h5")),
