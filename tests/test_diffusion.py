@@ -25,14 +25,9 @@ from scripts.core.complex import apply_phase, circular_variance, complex_to_phas
 from scripts.io.checkpoint import latest_checkpoint, load_weights
 from scripts.phase.diffusion import PhasePrepareBatch, PhaseSamplingInferer
 from scripts.io.fastmri_h5 import write_fastmri
+from archive_helpers import TINY_NET
 from scripts.phase.data import LoadPhaseSliced, complex_slice, prepare_dataset, slice_datalist
 
-TINY_NET = {
-    "image_size": 32,
-    "unet_channels": [8, 16],
-    "unet_attention_levels": [False, True],
-    "unet_num_head_channels": 8,
-}
 TINY_TRAIN = {
     **TINY_NET,
     "max_epochs": 1,

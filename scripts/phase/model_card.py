@@ -25,11 +25,9 @@ BASELINES = ("smooth", "physics")
 
 
 def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+    """The hex sha256 of a file's bytes (the card's link to its weights file)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def model_card(checkpoint: str | os.PathLike, test_sets: Mapping[str, tuple[str, str | os.PathLike]], *,

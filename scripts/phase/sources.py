@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from scripts.configs import PRETRAINED_PHASE_MODEL
+from scripts.configs import PRETRAINED_PHASE_MODEL, ROOT
 from scripts.core.complex import wrap_phase
 
 __all__ = ["PhaseSource", "PHASE_SOURCES", "get_phase_source", "register_phase_source"]
@@ -346,8 +346,6 @@ class PhysicsPhase:
 def _checkpoint(path, default: str) -> str:
     """``path``, or the bundle's default weights file ``default`` (relative to the bundle root)."""
     from pathlib import Path
-
-    from scripts.configs import ROOT
 
     p = Path(path) if path else ROOT / default
     if not p.is_file():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import cached_property
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,10 +218,12 @@ class Study:
             kwargs["network_overrides"] = {k: v for k, v in self.diffusion.items() if k.startswith("unet_")}
         return kwargs
 
+    @cached_property
     def coil_maps(self):
         """The coil-map source of synthesis (``synthesis['maps']``): ``"birdcage"`` (simulated, the default) or
         ``"espirit"``: a bank of ESPIRiT maps of the paired ``train`` k-space (``synthesis['bank']``: the bank's
-        settings), i.e. the coils of the scanner the archive came from, as a user with a few raw scans would do."""
+        settings), i.e. the coils of the scanner the archive came from, as a user with a few raw scans would do.
+        Built once per study, so the bank is hashed and loaded once, not once per phase source."""
         from scripts.coils import simulation
 
         kind = self.synthesis.get("maps", "birdcage")
@@ -235,7 +238,7 @@ class Study:
         from scripts.synthesis.synthesize import Synthesizer
 
         settings = {k: v for k, v in self.synthesis.items() if k not in SYNTHESIS_MAPS_KEYS}
-        maps = self.coil_maps()
+        maps = self.coil_maps
         out = {}
         for split in ("train", "val"):
             synth = Synthesizer(self.dataset_dir / split, self.study_dir / "kspace" / source / split,
@@ -317,7 +320,7 @@ class Study:
         if self.synthesis.get("maps") == "espirit":
             bank = {**base, "files": sorted(str(p) for p in (self.dataset_dir / "train").glob("*.h5")),
                     "bank": self.synthesis.get("bank", {})}
-            self.stage("coil_bank", bank, lambda: str(self.coil_maps().build()))
+            self.stage("coil_bank", bank, lambda: str(self.coil_maps.build()))
         test_sets = self._test_sets()
         evaluations: dict[str, dict[str, str]] = {name: {} for name in test_sets}
         realism: dict[str, dict] = {}

@@ -364,13 +364,13 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ one volume
 
-    def synthesize_volume(self, volume, sample: int, path: Path, key: str) -> dict:
-        """Phase, coils, FFT and write for one :class:`scripts.io.magnitude.MagnitudeVolume`; returns its record.
+    def prepare_volume(self, volume) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """``(magnitude, reference, scale)`` of one :class:`scripts.io.magnitude.MagnitudeVolume` at ``image_size``,
+        once per volume whatever the number of samples.
 
         The magnitude is resized slice by slice (a NIfTI volume is read from disk one slice at a time), so
         memory is a few input slices plus the output; the scale is the percentile of the resized slices.
         """
-        t = time.perf_counter()
         try:
             resized = self._resize(volume.magnitude, pad=False)
             scale = magnitude_reference(resized)
@@ -379,9 +379,15 @@ class Synthesizer:
         except ValueError as e:
             raise _Unusable(str(e)) from None
         magnitude = np.clip(self._resize(resized / np.float32(scale)), 0.0, None).astype(np.float32, copy=False)
-        del resized
         # the paired complex image, when the input carries one: only the ground_truth source uses it
         reference = None if volume.reference is None else self._resize(volume.reference / np.float32(scale))
+        return magnitude, reference, scale
+
+    def synthesize_volume(self, volume, sample: int, path: Path, key: str, prepared=None) -> dict:
+        """Phase, coils, FFT and write for one :class:`scripts.io.magnitude.MagnitudeVolume`; returns its record.
+        ``prepared``: its :meth:`prepare_volume` (computed here when not given)."""
+        t = time.perf_counter()
+        magnitude, reference, scale = prepared if prepared is not None else self.prepare_volume(volume)
         vseed = derive_seed(self.seed, volume.id, sample)
         rng = np.random.default_rng(derive_seed(vseed, "coils"))
         num_coils = self.num_coils[0] if len(self.num_coils) == 1 else int(rng.choice(self.num_coils))
@@ -445,8 +451,9 @@ class Synthesizer:
         t = time.perf_counter()
         volume = load_magnitude(unit, self.slice_axis, root=self.input_dir)
         self._tick("read", t)
+        prepared = self.prepare_volume(volume)
         for k, path in todo:
-            records.append(self.synthesize_volume(volume, k, path, key))
+            records.append(self.synthesize_volume(volume, k, path, key, prepared))
 
     def run(self) -> dict:
         """Process this rank's shard; returns a summary (counts, seconds, merged or not).

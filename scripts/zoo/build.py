@@ -15,7 +15,6 @@ built beside the output and renamed into place, so a failed build leaves the pre
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import secrets
@@ -29,6 +28,7 @@ import torch
 
 from scripts.configs import CONFIG_DIR, ROOT, generated
 from scripts.io.checkpoint import model_state_dict
+from scripts.phase.model_card import sha256
 from scripts.zoo import BundleError
 from scripts.zoo.card import read_card, readme
 from scripts.zoo.checks import run_checks
@@ -158,8 +158,7 @@ def build_bundle(checkpoint: str | os.PathLike, output: str | os.PathLike, card:
     network, facts = config_facts(configs["inference.json"])
     weights = checkpoint_weights(checkpoint, network)
     if info["sha256"]:
-        with open(checkpoint, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = sha256(checkpoint)
         if digest != info["sha256"]:
             raise BundleError(f"{card}: made for another checkpoint (sha256 {info['sha256'][:12]}..., "
                               f"{checkpoint} has {digest[:12]}...)")
