@@ -107,17 +107,19 @@ def acs_lowpass(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class SensitivityModel(nn.Module):
     """Coil maps ``(B, C, H, W, 2)`` from the ACS: the low-resolution coil images plus a learned update
-    (zero at initialisation), normalised to unit root-sum-of-squares over the coils."""
+    (zero at initialisation; none when ``features`` is ``None``: the classic ACS estimate, which follows
+    the data's own coils), normalised to unit root-sum-of-squares over the coils."""
 
-    def __init__(self, features: Sequence[int], pad_factor: int = 16, eps: float = 1e-12) -> None:
+    def __init__(self, features: Sequence[int] | None, pad_factor: int = 16, eps: float = 1e-12) -> None:
         super().__init__()
-        self.refine = ResidualComplexUnet(features, pad_factor)
+        self.refine = ResidualComplexUnet(features, pad_factor) if features else None
         self.eps = eps
 
     def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = ifftn_centered_t(acs_lowpass(masked_kspace, mask), spatial_dims=2, is_complex=True)
-        x, b = reshape_channel_to_batch_dim(x)  # (B*C, 1, H, W, 2): one U-Net pass per coil image
-        x = reshape_batch_channel_to_channel_dim(x + self.refine(x), b)
+        if self.refine is not None:
+            x, b = reshape_channel_to_batch_dim(x)  # (B*C, 1, H, W, 2): one U-Net pass per coil image
+            x = reshape_batch_channel_to_channel_dim(x + self.refine(x), b)
         # the complex RSS over the coils, as fastMRI's divide_root_sum_of_squares (MONAI's model takes the RSS
         # of the real and imaginary parts separately, which changes the maps' phase)
         return x / complex_rss(x, dims=(1, -1)).clamp_min(self.eps)
@@ -146,11 +148,11 @@ class VarNet(nn.Module):
     Args:
         num_cascades: unrolled steps.
         features: the six BasicUNet feature counts of each cascade's U-Net.
-        sens_features: the same for the coil-sensitivity U-Net.
+        sens_features: the same for the coil-sensitivity U-Net (``None``: ACS maps, not refined).
         pad_factor: images are padded to a multiple of this inside the U-Nets.
     """
 
-    def __init__(self, num_cascades: int, features: Sequence[int], sens_features: Sequence[int], pad_factor: int = 16) -> None:
+    def __init__(self, num_cascades: int, features: Sequence[int], sens_features: Sequence[int] | None, pad_factor: int = 16) -> None:
         super().__init__()
         self.sensitivity = SensitivityModel(sens_features, pad_factor)
         self.cascades = nn.ModuleList(VarNetCascade(features, pad_factor) for _ in range(int(num_cascades)))
@@ -168,6 +170,6 @@ class VarNet(nn.Module):
         return complex_rss(image, dims=(1, -1))[:, 0, ..., 0]
 
 
-def build_varnet(num_cascades: int, features: Sequence[int], sens_features: Sequence[int], pad_factor: int = 16) -> VarNet:
+def build_varnet(num_cascades: int, features: Sequence[int], sens_features: Sequence[int] | None, pad_factor: int = 16) -> VarNet:
     """The VarNet of a profile (:func:`scripts.recon.varnet.varnet_profile`) or of explicit sizes."""
     return VarNet(num_cascades, features, sens_features, pad_factor)

@@ -109,7 +109,7 @@ def checkpoint_weights(path: str | os.PathLike, network: torch.nn.Module) -> dic
 
 def _not_copied(folder: str, names: list[str]) -> set[str]:
     skip = {n for n in names if n == "__pycache__" or n.endswith((".pyc", ".tmp"))}
-    return skip | ({"zoo"} if Path(folder) == ROOT / "scripts" else set())
+    return skip | ({"zoo", "label"} if Path(folder) == ROOT / "scripts" else set())
 
 
 def _write(folder: Path, configs: Mapping[str, dict], weights: Mapping[str, torch.Tensor], meta: Mapping) -> None:
