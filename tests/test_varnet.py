@@ -274,3 +274,26 @@ def test_multi_gpu_config_trains_batches_on_two_cpu_processes(dataset_dir, tmp_p
     assert ckpt["trainer"]["iteration"] == 2  # 4 training slices, batch 1, 2 ranks: 2 steps on each
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert (out / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("sens_features", [[4, 8, 16, 32, 64, 4], None], ids=["refined_maps", "acs_maps"])
+def test_varnet_scripts_and_matches_eager(sens_features):
+    """TorchScript (the model zoo's ckpt_export) gives the eager outputs; ``channel_dim`` only adds the channel axis."""
+    from scripts.recon.varnet_model import build_varnet
+
+    torch.manual_seed(0)
+    net = build_varnet(2, [8, 16, 32, 64, 128, 8], sens_features).eval()
+    for p in net.parameters():  # leave the zero initialisation, so the U-Nets matter
+        p.data += 0.01 * torch.randn_like(p)
+    with_channel = build_varnet(2, [8, 16, 32, 64, 128, 8], sens_features, channel_dim=True).eval()
+    with_channel.load_state_dict(net.state_dict())
+    scripted = torch.jit.script(with_channel)
+    kspace = torch.randn(2, 4, 32, 24, 2)
+    mask = torch.zeros(2, 1, 1, 24, 1, dtype=torch.bool)
+    mask[:, :, :, 10:14] = True
+    mask[0, :, :, ::4] = True
+    mask[1, :, :, ::6] = True
+    eager = net(kspace, mask)
+    assert eager.shape == (2, 32, 24)
+    assert torch.equal(scripted(kspace, mask)[:, 0], eager)
+    assert (net.sensitivity.refine is None) == (sens_features is None)

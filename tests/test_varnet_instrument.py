@@ -12,7 +12,7 @@ import torch
 from scripts.core.masks import MaskSampler, make_mask, to_varnet_mask
 from scripts.recon.varnet import ShapeBatchSampler, VarNetLoss, clip_gradients, prepare_example, varnet_profile
 from scripts.recon.varnet_model import build_varnet
-from scripts.studies.varnet_report import instrument_check
+from scripts.studies.varnet_report import instrument_check, instrument_gaps
 
 
 def phantom_kspace(size: int, coils: int, seed: int = 0) -> np.ndarray:
@@ -116,6 +116,24 @@ def test_sanity_gate_verdicts():
     assert ok and line.startswith("Instrument check passed")
     ok, line = instrument_check(_rows((25.0, 0.55), (21.0, 0.60)))  # better PSNR is not enough
     assert not ok and line.startswith("**INSTRUMENT FAILED") and "means nothing" in line
+
+
+def test_instrument_gaps_on_known_rows():
+    """Paired gaps and the >= 2 dB bar from evaluator-shaped rows: 3 subjects x 2 slices, VarNet = zero-filled + 3 dB."""
+    from scripts.core.metrics import interval_table
+
+    slices = []
+    for k, (label, method, offset) in enumerate([("ground_truth", "varnet", 3.0), ("reference", "zero_filled", 0.0),
+                                                 ("reference", "l1_wavelet", 4.0)]):
+        slices += [{"label": label, "method": method, "acceleration": 4.0, "file": f"s{f}.h5", "slice": float(s),
+                    "psnr": 15.0 + 2 * f + 0.1 * s + offset, "ssim": 0.4 + 0.1 * (method == "varnet"), "nmse": 0.1}
+                   for f in range(3) for s in range(2)]
+    summary = interval_table(slices, ("label", "method", "acceleration"), group="file")
+    (line,) = instrument_gaps(summary, slices)
+    assert line.startswith("- R=4: ground_truth VarNet 20.05")
+    assert "zero_filled 17.05" in line and "+3.00 dB (paired [+3.00, +3.00]" in line and "intervals overlap" in line
+    assert "bar (>= 2 dB, apart, higher SSIM) NOT met" in line  # 3 dB, but the subject intervals overlap
+    assert "l1_wavelet 21.05" in line and "-1.00 dB" in line
 
 
 def test_sanity_gate_fires_on_a_broken_varnet(tmp_path):

@@ -43,6 +43,7 @@ __all__ = [
     "MASK_TYPES",
     "MaskSampler",
     "acs_bounds",
+    "acs_bounds_t",
     "acs_size",
     "column_mask",
     "default_calib_lines",
@@ -239,34 +240,37 @@ def acs_bounds(mask: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
     column mask the box spans all rows. Grows one side at a time while the new edge is fully
     sampled, so a lone sample next to the box does not count.
     """
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
-    m = m.reshape(m.shape[-2:]) if m.ndim >= 2 else m[None]
-    height, width = m.shape
+    m = torch.as_tensor(np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool))
+    return acs_bounds_t(m.reshape(m.shape[-2:]) if m.ndim >= 2 else m[None])
+
+
+def acs_bounds_t(m: torch.Tensor) -> tuple[int, int, int, int]:
+    """:func:`acs_bounds` of a bool ``(H, W)`` tensor (``H`` = 1: a column mask), in TorchScript-able torch."""
+    height, width = m.shape[0], m.shape[1]
     if height == 1:  # column mask: contiguous run through the centre column
-        row = m[0]
         c = width // 2
-        if not row[c]:
+        if not bool(m[0, c]):
             return 0, 1, c, c
         left, right = c, c + 1
-        while left > 0 and row[left - 1]:
+        while left > 0 and bool(m[0, left - 1]):
             left -= 1
-        while right < width and row[right]:
+        while right < width and bool(m[0, right]):
             right += 1
         return 0, 1, left, right
     cy, cx = height // 2, width // 2
-    if not m[cy, cx]:
+    if not bool(m[cy, cx]):
         return cy, cy, cx, cx
     top, bottom, left, right = cy, cy + 1, cx, cx + 1
     grown = True
     while grown:
         grown = False
-        if top > 0 and m[top - 1, left:right].all():
+        if top > 0 and bool(m[top - 1, left:right].all()):
             top, grown = top - 1, True
-        if bottom < height and m[bottom, left:right].all():
+        if bottom < height and bool(m[bottom, left:right].all()):
             bottom, grown = bottom + 1, True
-        if left > 0 and m[top:bottom, left - 1].all():
+        if left > 0 and bool(m[top:bottom, left - 1].all()):
             left, grown = left - 1, True
-        if right < width and m[top:bottom, right].all():
+        if right < width and bool(m[top:bottom, right].all()):
             right, grown = right + 1, True
     return top, bottom, left, right
 

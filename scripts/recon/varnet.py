@@ -76,6 +76,7 @@ __all__ = [
     "clip_gradients",
     "list_h5",
     "load_varnet",
+    "load_weights",
     "prepare_example",
     "prepare_varnet_batch",
     "read_network_spec",
@@ -126,12 +127,26 @@ def load_varnet(
     always loaded with ``torch.load(..., weights_only=True)``.
     """
     kwargs = dict(varnet_kwargs) if varnet_kwargs else (read_network_spec(checkpoint) or varnet_profile("cpu"))
-    net = build_varnet(**kwargs)
+    return load_weights(build_varnet(**kwargs), checkpoint).to(device).eval()
+
+
+def load_weights(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+    """``network`` with the weights of ``checkpoint`` (a bare state dict or ``{"model": ...}``, loaded with
+    ``weights_only=True``); a missing file or one made for another architecture is one line naming the file."""
+    from scripts.synthesis.synthesize import OneLineExit
+
+    if not Path(checkpoint).is_file():
+        raise OneLineExit(f"VarNet checkpoint not found: {checkpoint} (train one: python -m monai.bundle run training "
+                          "--config_file configs/train_varnet.json)")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "model" in state:
         state = state["model"]
-    net.load_state_dict(state)
-    return net.to(device).eval()
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        raise OneLineExit(f"{checkpoint}: does not fit the configured VarNet ({str(e).splitlines()[0]}); give the "
+                          "architecture it was trained with (varnet_profile / varnet_kwargs, see varnet.json beside it)") from None
+    return network
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -312,7 +327,8 @@ def varnet_reconstruct(
     """Run ``network`` on one :func:`prepare_example` output: the RSS magnitude in file units, cropped to the target."""
     kspace = example["kspace"][None].to(device)
     mask = example["mask"][None].to(device)
-    out = network(kspace, mask)[0]
+    out = network(kspace, mask)
+    out = out[0, 0] if out.ndim == 4 else out[0]  # (B, 1, H, W) when built with channel_dim
     out = center_crop_t(out, example["target"].shape) * example["scale"].to(out.device)
     return out.float().cpu().numpy()
 

@@ -50,12 +50,12 @@ from monai.apps.reconstruction.networks.nets.utils import (
 )
 from monai.networks.blocks.fft_utils_t import ifftn_centered_t
 
-from scripts.core.masks import acs_bounds
+from scripts.core.masks import acs_bounds_t
 
 __all__ = ["ResidualComplexUnet", "SensitivityModel", "VarNet", "VarNetCascade", "acs_lowpass", "build_varnet", "complex_rss"]
 
 
-def complex_rss(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def complex_rss(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """``sqrt(sum |x|^2)`` over ``dims`` of a real/imaginary-last tensor (``dims`` include the last), keeping them.
 
     The square root's gradient is infinite at 0 (exact zeros: a noise-free background, zero-padded
@@ -63,7 +63,8 @@ def complex_rss(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     sum is clamped, which gives those pixels a zero gradient instead.
     """
     s = (x * x).sum(dim=dims, keepdim=True)
-    return s.clamp_min(torch.finfo(s.dtype).tiny).sqrt()
+    tiny = 6.103515625e-05 if s.dtype == torch.float16 else 1.1754943508222875e-38  # torch.finfo(dtype).tiny
+    return s.clamp_min(tiny).sqrt()
 
 
 class ResidualComplexUnet(ComplexUnet):
@@ -96,9 +97,9 @@ def acs_lowpass(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     :func:`scripts.core.masks.acs_bounds` does, per sample.
     """
     out = torch.zeros_like(kspace)
-    m = mask[..., 0].reshape(mask.shape[0], mask.shape[-3], mask.shape[-2])  # (B|1, 1|H, W)
+    m = mask[..., 0].reshape(mask.shape[0], mask.shape[-3], mask.shape[-2]).cpu()  # (B|1, 1|H, W)
     for b in range(kspace.shape[0]):
-        top, bottom, left, right = acs_bounds(m[b if m.shape[0] > 1 else 0].cpu())
+        top, bottom, left, right = acs_bounds_t(m[b if m.shape[0] > 1 else 0])
         if m.shape[1] == 1:  # a column mask: every row is sampled
             top, bottom = 0, kspace.shape[-3]
         out[b, :, top:bottom, left:right] = kspace[b, :, top:bottom, left:right]
@@ -122,7 +123,7 @@ class SensitivityModel(nn.Module):
             x = reshape_batch_channel_to_channel_dim(x + self.refine(x), b)
         # the complex RSS over the coils, as fastMRI's divide_root_sum_of_squares (MONAI's model takes the RSS
         # of the real and imaginary parts separately, which changes the maps' phase)
-        return x / complex_rss(x, dims=(1, -1)).clamp_min(self.eps)
+        return x / complex_rss(x, dims=[1, -1]).clamp_min(self.eps)
 
 
 class VarNetCascade(nn.Module):
@@ -150,10 +151,16 @@ class VarNet(nn.Module):
         features: the six BasicUNet feature counts of each cascade's U-Net.
         sens_features: the same for the coil-sensitivity U-Net (``None``: ACS maps, not refined).
         pad_factor: images are padded to a multiple of this inside the U-Nets.
+        channel_dim: return ``(B, 1, H, W)`` (the model zoo's batch-channel-spatial layout) instead of ``(B, H, W)``;
+            the weights are the same either way.
+
+    TorchScript-able (``torch.jit.script``), so the model zoo's ``ckpt_export`` works.
     """
 
-    def __init__(self, num_cascades: int, features: Sequence[int], sens_features: Sequence[int] | None, pad_factor: int = 16) -> None:
+    def __init__(self, num_cascades: int, features: Sequence[int], sens_features: Sequence[int] | None, pad_factor: int = 16,
+                 channel_dim: bool = False) -> None:
         super().__init__()
+        self.channel_dim = bool(channel_dim)
         self.sensitivity = SensitivityModel(sens_features, pad_factor)
         self.cascades = nn.ModuleList(VarNetCascade(features, pad_factor) for _ in range(int(num_cascades)))
 
@@ -167,9 +174,11 @@ class VarNet(nn.Module):
         for cascade in self.cascades:
             kspace = cascade(kspace, masked_kspace, mask, maps)
         image = ifftn_centered_t(kspace, spatial_dims=2, is_complex=True)
-        return complex_rss(image, dims=(1, -1))[:, 0, ..., 0]
+        out = complex_rss(image, dims=[1, -1])[:, 0, ..., 0]
+        return out[:, None] if self.channel_dim else out
 
 
-def build_varnet(num_cascades: int, features: Sequence[int], sens_features: Sequence[int] | None, pad_factor: int = 16) -> VarNet:
+def build_varnet(num_cascades: int, features: Sequence[int], sens_features: Sequence[int] | None, pad_factor: int = 16,
+                 channel_dim: bool = False) -> VarNet:
     """The VarNet of a profile (:func:`scripts.recon.varnet.varnet_profile`) or of explicit sizes."""
-    return VarNet(num_cascades, features, sens_features, pad_factor)
+    return VarNet(num_cascades, features, sens_features, pad_factor, channel_dim)
