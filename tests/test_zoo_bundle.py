@@ -157,3 +157,50 @@ def test_half_precision_and_refused_checkpoints(zoo, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"zoo: {other}: made for another checkpoint"), err
     assert not (tmp_path / "refused").exists()
+
+
+def test_varnet_bundle_passes_the_checks_and_reconstructs(tmp_path, monkeypatch):
+    """The VarNet bundle: every zoo check passes (TorchScript export included), figures come from a study report,
+    and its inference runs on its own copy of the code (PYTHONPATH = the bundle only)."""
+    import csv
+
+    from scripts.io.fastmri_h5 import write_fastmri
+    from scripts.recon.varnet import varnet_profile, write_network_spec
+    from scripts.recon.varnet_model import build_varnet
+
+    kwargs = varnet_profile("cpu")
+    (tmp_path / "train").mkdir()
+    torch.save(build_varnet(**kwargs).state_dict(), tmp_path / "train" / "model.pt")
+    write_network_spec(tmp_path / "train", kwargs)
+    report = tmp_path / "report"
+    report.mkdir()
+    rows = [{"label": label, "method": method, "acceleration": 4.0, **{f"{m}_{k}": v for m, v in figures.items()
+                                                                      for k in ("slice_mean", "ci_low", "ci_high")}}
+            for label, method, figures in (("diffusion", "varnet", {"psnr": 20.0, "ssim": 0.6, "nmse": 0.1}),
+                                           ("gan", "varnet", {"psnr": 30.0, "ssim": 0.9, "nmse": 0.01}),
+                                           ("reference", "zero_filled", {"psnr": 21.0, "ssim": 0.5, "nmse": 0.2}))]
+    with open(report / "metrics_real.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    bundle = tmp_path / "models" / "mri_varnet_synthetic"
+    monkeypatch.chdir(tmp_path)  # the zoo's root folder
+    assert main(["--kind", "varnet", "--checkpoint", str(tmp_path / "train" / "model.pt"), "--report", str(report),
+                 "--output", str(bundle)]) == 0
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"] == {"real_R4_psnr": 20.0, "real_R4_ssim": 0.6, "real_R4_nmse": 0.1}  # its source only
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "ckpt_export: passed" in readme and "BELOW zero-filled in PSNR at R=4" in readme and "30.00" not in readme
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+    kspace = (np.random.default_rng(0).standard_normal((2, 4, 32, 32)) + 1j).astype(np.complex64)
+    (tmp_path / "in").mkdir()
+    write_fastmri(tmp_path / "in" / "case.h5", kspace)
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                          "--bundle_root", ".", "--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")],
+                         cwd=bundle, env={**os.environ, "PYTHONPATH": str(bundle)}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "case.h5") as f:
+        assert f["reconstruction"].shape == (2, 32, 32)

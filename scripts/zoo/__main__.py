@@ -1,4 +1,6 @@
-"""``python -m scripts.zoo --checkpoint PATH [--output DIR] [--card CARD.json] [--set KEY=VALUE ...] [--half]``."""
+"""``python -m scripts.zoo --checkpoint PATH [--output DIR] [--card CARD.json] [--set KEY=VALUE ...] [--half]``: the phase
+synthesiser's bundle; ``python -m scripts.zoo --kind varnet --checkpoint .../model.pt [--report REPORT_DIR] [--source S]``:
+a VarNet's (:mod:`scripts.zoo.varnet_bundle`)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from scripts.configs import ROOT
 from scripts.zoo import BundleError
 from scripts.zoo.build import build_bundle
 from scripts.zoo.checks import describe
+from scripts.zoo.varnet_bundle import build_varnet_bundle
 
-DEFAULT_OUTPUT = ROOT / "bundles" / "mri_phase_synthesis"
+DEFAULT_OUTPUT = {"phase": ROOT / "bundles" / "mri_phase_synthesis", "varnet": ROOT / "bundles" / "mri_varnet_synthetic"}
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -27,21 +30,34 @@ def _setting(text: str) -> tuple[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.zoo",
-                                     description="Build the model-zoo bundle of the phase synthesiser (bundles/README.md).")
+                                     description="Build a model-zoo bundle: the phase synthesiser or a VarNet (bundles/README.md).")
+    parser.add_argument("--kind", choices=sorted(DEFAULT_OUTPUT), default="phase", help="which model (default: %(default)s)")
     parser.add_argument("--checkpoint", required=True, help="trained weights: models/model.pt or a full training checkpoint")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="the bundle folder; its name is the bundle's (default: %(default)s)")
+    parser.add_argument("--output", help="the bundle folder; its name is the bundle's (default: bundles/mri_phase_synthesis "
+                                         "or bundles/mri_varnet_synthetic)")
+    parser.add_argument("--report", help="varnet: the study's report folder (metrics_<test set>.csv) for the figures")
+    parser.add_argument("--source", default="diffusion", help="varnet: the phase source it was trained on (default: %(default)s)")
     parser.add_argument("--card", help="the model card, a JSON file (scripts/zoo/card.py)")
     parser.add_argument("--set", action="append", type=_setting, default=[], metavar="KEY=VALUE",
                         help="a config setting the checkpoint was trained with (JSON value), over the card's (sampler.network_overrides)")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     args = parser.parse_args(argv)
+    output = args.output or str(DEFAULT_OUTPUT[args.kind])
     try:
-        out = build_bundle(args.checkpoint, args.output, args.card, dict(args.set), args.half)
+        if args.kind == "varnet":
+            out = build_varnet_bundle(args.checkpoint, output, args.report, args.source)
+        else:
+            out = build_bundle(args.checkpoint, output, args.card, dict(args.set), args.half)
     except BundleError as e:
         print(f"zoo: {e}", file=sys.stderr)
         return 1
     name = Path(out["bundle"]).name
     print(f"bundle: {out['bundle']}")
+    if args.kind == "varnet":
+        print(f"models/model.pt: {out['weights_mb']:.2f} MB")
+        for check, (status, detail) in out["checks"].items():
+            print(f"zoo check {describe(check, status, detail, name, 'mask')}")
+        return 1 if any(status == "failed" for status, _ in out["checks"].values()) else 0
     print(f"models/model.pt: {out['weights_mb']:.2f} MB, {out['weights_dtype']} state dict")
     given = "" if out["image_size_given"] else " (the project default: give the training size with --set image_size=N)"
     print(f"image_size: {out['image_size']} px{given}")

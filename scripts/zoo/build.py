@@ -112,12 +112,14 @@ def _not_copied(folder: str, names: list[str]) -> set[str]:
     return skip | ({"zoo", "label"} if Path(folder) == ROOT / "scripts" else set())
 
 
-def _write(folder: Path, configs: Mapping[str, dict], weights: Mapping[str, torch.Tensor], meta: Mapping) -> None:
+def _write(folder: Path, configs: Mapping[str, dict], weights: Mapping[str, torch.Tensor], meta: Mapping,
+           copied: Mapping[str, str] | None = None) -> None:
+    """The bundle's files in ``folder``; ``copied``: ``{name in the bundle: project config}`` (default :data:`COPIED`)."""
     (folder / "configs").mkdir(parents=True)
     for name, config in {**configs, "metadata.json": meta}.items():
         (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
-    for name in COPIED:
-        shutil.copy2(CONFIG_DIR / name, folder / "configs" / name)
+    for name, source in (copied or {n: n for n in COPIED}).items():
+        shutil.copy2(CONFIG_DIR / source, folder / "configs" / name)
     shutil.copy2(ROOT / "LICENSE", folder / "LICENSE")
     shutil.copytree(ROOT / "scripts", folder / "scripts", ignore=_not_copied)
     (folder / "models").mkdir()

@@ -26,7 +26,7 @@ import os
 import tempfile
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ META = os.path.join("configs", "metadata.json")
 INFERENCE = os.path.join("configs", "inference.json")
 FILES = (META, "LICENSE", os.path.join("models", "model.pt"), INFERENCE, os.path.join("docs", "README.md"))
 TORCHSCRIPT_LIST = "exclude_verify_torchscript_list"
+ForwardArgs = Callable[[str], dict]
 SHAPE_LIST = "exclude_verify_shape_list"
 
 
@@ -52,7 +53,12 @@ def schema_file(meta_file: str | os.PathLike) -> Path:
     return path
 
 
-def _verify_metadata(bundle: str) -> None:
+def _timesteps(device: str) -> dict[str, torch.Tensor]:
+    """The keyword argument a diffusion UNet's forward needs besides its input."""
+    return {"timesteps": torch.zeros(1, dtype=torch.long, device=device)}
+
+
+def _verify_metadata(bundle: str, forward_args: ForwardArgs) -> None:
     from monai.bundle import verify_metadata
 
     meta = os.path.join(bundle, META)
@@ -61,16 +67,15 @@ def _verify_metadata(bundle: str) -> None:
         verify_metadata(meta_file=meta, filepath=str(schema_file(meta)))
 
 
-def _verify_net_in_out(bundle: str) -> None:
+def _verify_net_in_out(bundle: str, forward_args: ForwardArgs) -> None:
     from monai.bundle import verify_net_in_out
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     verify_net_in_out(net_id=NET_ID, meta_file=os.path.join(bundle, META), config_file=os.path.join(bundle, INFERENCE),
-                      device=device, extra_forward_args={"timesteps": torch.zeros(1, dtype=torch.long, device=device)},
-                      bundle_root=bundle)
+                      device=device, extra_forward_args=forward_args(device), bundle_root=bundle)
 
 
-def _ckpt_export(bundle: str) -> None:
+def _ckpt_export(bundle: str, forward_args: ForwardArgs) -> None:
     from monai.bundle import ckpt_export
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +84,7 @@ def _ckpt_export(bundle: str) -> None:
                     config_file=os.path.join(bundle, INFERENCE), bundle_root=bundle)
 
 
-def _preferred_files(bundle: str) -> None:
+def _preferred_files(bundle: str, forward_args: ForwardArgs) -> None:
     missing = [f for f in FILES if not os.path.isfile(os.path.join(bundle, f))]
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}")
@@ -107,13 +112,16 @@ def _in_torchscript(error: BaseException) -> bool:
     return any(f"{os.sep}torch{os.sep}jit{os.sep}" in frame.filename for frame in traceback.extract_tb(error.__traceback__))
 
 
-def run_checks(bundle: str | os.PathLike, names: Sequence[str] = tuple(CHECKS)) -> dict[str, tuple[str, str]]:
-    """``{check: (status, detail)}``, status ``passed``, ``failed`` or ``excluded`` (TorchScript export only)."""
+def run_checks(bundle: str | os.PathLike, names: Sequence[str] = tuple(CHECKS),
+               forward_args: ForwardArgs = _timesteps) -> dict[str, tuple[str, str]]:
+    """``{check: (status, detail)}``, status ``passed``, ``failed`` or ``excluded`` (TorchScript export only).
+    ``forward_args(device)``: the keyword arguments of the network's forward besides its input (default: a
+    diffusion UNet's ``timesteps``)."""
     results = {}
     with _quiet("monai.bundle.scripts", "monai.apps"):
         for name in names:
             try:
-                CHECKS[name](os.fspath(bundle))
+                CHECKS[name](os.fspath(bundle), forward_args)
                 results[name] = ("passed", "")
             except Exception as e:  # a check's failure is its result
                 status = "excluded" if name == "ckpt_export" and _in_torchscript(e) else "failed"
@@ -122,12 +130,13 @@ def run_checks(bundle: str | os.PathLike, names: Sequence[str] = tuple(CHECKS)) 
     return results
 
 
-def describe(name: str, status: str, detail: str, bundle_name: str) -> str:
-    """One line for the result of check ``name`` (the TorchScript exclusion says where the zoo lists it)."""
+def describe(name: str, status: str, detail: str, bundle_name: str, forward_arg: str = "timesteps") -> str:
+    """One line for the result of check ``name`` (the TorchScript exclusion says where the zoo lists it);
+    ``forward_arg``: the keyword argument the network's forward needs."""
     if status == "excluded":
         return (f"{name}: excluded: DiffusionModelUNet cannot be TorchScripted ({detail}); list '{bundle_name}' in "
                 f"{TORCHSCRIPT_LIST} of the zoo's ci/bundle_custom_data.py, as the zoo's other diffusion bundles are")
     if name == "verify_net_in_out" and status == "passed":
-        return (f"{name}: passed with the timesteps argument (the zoo's CI passes none, which a diffusion UNet's forward "
-                f"requires: there, list '{bundle_name}' in {SHAPE_LIST} as the zoo's other diffusion bundles are)")
+        return (f"{name}: passed with the {forward_arg} argument (the zoo's CI passes none, which this network's forward "
+                f"requires: there, list '{bundle_name}' in {SHAPE_LIST} as the zoo's diffusion bundles are)")
     return f"{name}: {status}" + (f" ({detail})" if detail else "")

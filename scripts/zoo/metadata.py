@@ -19,7 +19,7 @@ from scripts.configs import CONFIG_DIR
 from scripts.phase.diffusion import PHASOR_CHANNELS
 from scripts.zoo.card import eval_metrics
 
-__all__ = ["PIPELINE_KEY", "network_format", "pipeline_format", "zoo_metadata"]
+__all__ = ["PIPELINE_KEY", "network_format", "pipeline_format", "project_metadata", "zoo_metadata"]
 
 PIPELINE_KEY = "pipeline_data_format"
 NAME = "MRI phase synthesis from magnitude (conditional diffusion)"
@@ -87,14 +87,19 @@ def pipeline_format(facts: Mapping[str, Any]) -> dict:
     }
 
 
+def project_metadata(fields: Mapping[str, Any], version: str | None = None, note: str | None = None) -> dict:
+    """The project's ``configs/metadata.json`` (versions, pins, references) with a bundle's ``fields``; the bundle's
+    ``version`` (default the project's) with its changelog ``note``."""
+    meta = json.loads((CONFIG_DIR / "metadata.json").read_text(encoding="utf-8"))
+    version = version or meta["version"]
+    note = note or f"model-zoo bundle of '{fields['name']}' (project version {meta['version']})"
+    meta.update({"version": version, "changelog": {version: note}, **fields})
+    return meta
+
+
 def zoo_metadata(facts: Mapping[str, Any], card: Mapping[str, Any]) -> dict:
     """The bundle's ``configs/metadata.json``: the project's (versions, pins, references) with the zoo's fields."""
-    meta = json.loads((CONFIG_DIR / "metadata.json").read_text(encoding="utf-8"))
-    version = card.get("version") or meta["version"]
-    note = card.get("changelog") or f"model-zoo bundle of the phase synthesiser (project version {meta['version']})"
-    meta.update({
-        "version": version,
-        "changelog": {version: note},
+    return project_metadata({
         "name": NAME,
         "task": "Conditional phase synthesis for magnitude-only MRI",
         "description": DESCRIPTION,
@@ -105,5 +110,4 @@ def zoo_metadata(facts: Mapping[str, Any], card: Mapping[str, Any]) -> dict:
         "eval_metrics": eval_metrics(card),
         "network_data_format": network_format(facts),
         PIPELINE_KEY: pipeline_format(facts),
-    })
-    return meta
+    }, card.get("version"), card.get("changelog"))
