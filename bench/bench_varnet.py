@@ -43,6 +43,7 @@ def monai_varnet(num_cascades, features, sens_features):
     from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
     from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
 
+    sens_features = sens_features or (4, 8, 16, 32, 64, 4)  # MONAI's model always refines the ACS maps with a U-Net
     return VariationalNetworkModel(CoilSensitivityModel(spatial_dims=2, features=tuple(sens_features)),
                                    ComplexUnet(spatial_dims=2, features=tuple(features)), num_cascades=num_cascades)
 
