@@ -16,7 +16,10 @@ it is (measured on this project's data, see ``bench/bench_varnet.py``):
 - **Coil maps.** The sensitivity network adds a zero-initialised update to the low-resolution
   ACS coil images before the normalisation, so it starts from the classic ACS estimate of the
   maps instead of random ones; and the normalisation is the complex root-sum-of-squares over the
-  coils (fastMRI's), where MONAI's divides the real and imaginary parts by separate RSS values.
+  coils (fastMRI's), where MONAI's divides the real and imaginary parts by separate RSS values. The
+  refinement is optional (``sens_features=None``): the CPU profile leaves it out (measured on the
+  study's ground-truth k-space: 25 % faster per step, the same test-split PSNR at R=4, +0.15 dB at R=8;
+  maps from the data's own ACS do not inherit the synthetic training coils).
 - **Exact zeros.** The RSS square roots are clamped below the smallest normal number, so exact
   zeros (noise-free background, zero-padded k-space) do not make the backward pass NaN.
 - **Batches.** MONAI's coil-sensitivity model reads ONE mask per batch (``(1, 1, 1, W, 1)``,
