@@ -14,7 +14,6 @@ the study's report folder (``metrics_<test set>.csv``: the source's VarNet, zero
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
