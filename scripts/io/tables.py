@@ -10,7 +10,7 @@ from typing import Any
 
 from scripts.io.atomic import atomic_path
 
-__all__ = ["write_csv"]
+__all__ = ["read_csv", "write_csv"]
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
@@ -25,3 +25,16 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a CSV written by :func:`write_csv`, numbers as floats (every other cell as text)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for k, v in row.items():
+            try:
+                row[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+    return rows

@@ -60,7 +60,7 @@ from monai.metrics import CumulativeIterationMetric
 
 from scripts.configs import CONFIG_DIR, ROOT
 from scripts.io.atomic import write_json
-from scripts.io.checkpoint import latest_checkpoint
+from scripts.io.checkpoint import latest_checkpoint, load_weights
 from scripts.io.fastmri_h5 import kspace_shape, read_slice, rss
 from scripts.core.masks import DEFAULT_CENTER_FRACTION, MaskSampler, to_varnet_mask
 from scripts.core.metrics import center_crop, nmse, psnr, ssim
@@ -76,7 +76,7 @@ __all__ = [
     "clip_gradients",
     "list_h5",
     "load_varnet",
-    "load_weights",
+    "load_varnet_weights",
     "prepare_example",
     "prepare_varnet_batch",
     "read_network_spec",
@@ -127,26 +127,23 @@ def load_varnet(
     always loaded with ``torch.load(..., weights_only=True)``.
     """
     kwargs = dict(varnet_kwargs) if varnet_kwargs else (read_network_spec(checkpoint) or varnet_profile("cpu"))
-    return load_weights(build_varnet(**kwargs), checkpoint).to(device).eval()
+    return load_varnet_weights(build_varnet(**kwargs), checkpoint).to(device).eval()
 
 
-def load_weights(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
-    """``network`` with the weights of ``checkpoint`` (a bare state dict or ``{"model": ...}``, loaded with
-    ``weights_only=True``); a missing file or one made for another architecture is one line naming the file."""
+def load_varnet_weights(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+    """``network`` with the weights of ``checkpoint`` (:func:`scripts.io.checkpoint.load_weights`: a bare state dict
+    or ``{"model": ...}``, ``weights_only=True``); a missing file or one made for another architecture is one line
+    naming the file."""
     from scripts.synthesis.synthesize import OneLineExit
 
     if not Path(checkpoint).is_file():
         raise OneLineExit(f"VarNet checkpoint not found: {checkpoint} (train one: python -m monai.bundle run training "
                           "--config_file configs/train_varnet.json)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "model" in state:
-        state = state["model"]
     try:
-        network.load_state_dict(state)
+        return load_weights(network, checkpoint)
     except RuntimeError as e:
         raise OneLineExit(f"{checkpoint}: does not fit the configured VarNet ({str(e).splitlines()[0]}); give the "
                           "architecture it was trained with (varnet_profile / varnet_kwargs, see varnet.json beside it)") from None
-    return network
 
 
 # ----------------------------------------------------------------------------------------------------------------------

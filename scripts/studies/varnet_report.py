@@ -15,7 +15,6 @@ Written by :func:`write_report` from the outputs of :class:`scripts.studies.varn
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -25,24 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from scripts.io.tables import write_csv
+from scripts.io.tables import read_csv, write_csv
 
 __all__ = ["instrument_check", "instrument_gaps", "write_report"]
 
 METRICS = ("nmse", "psnr", "ssim")
 FORMAT = {"nmse": "{:.4f}", "psnr": "{:.2f}", "ssim": "{:.4f}"}
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for k, v in row.items():
-            try:
-                row[k] = float(v)
-            except (TypeError, ValueError):
-                pass
-    return rows
 
 
 def instrument_check(summary: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
@@ -248,7 +235,7 @@ def write_report(study, evaluations: Mapping[str, Mapping[str, str]], realism: M
     if gate is None:
         verdict = "**INSTRUMENT NOT CHECKED**: `ground_truth` is not among the phase sources."
     else:
-        verdict = instrument_check(_read_csv(Path(gate) / "summary.csv"))[1]
+        verdict = instrument_check(read_csv(Path(gate) / "summary.csv"))[1]
     lines = [
         verdict,
         "",
@@ -262,8 +249,8 @@ def write_report(study, evaluations: Mapping[str, Mapping[str, str]], realism: M
     ]
     varnets = {s: str(study.study_dir / "varnet" / s / "model.pt") for s in study.sources}
     for test_set, dirs in evaluations.items():
-        summary = [row for d in dirs.values() for row in _read_csv(Path(d) / "summary.csv")]
-        slices = [row for d in dirs.values() for row in _read_csv(Path(d) / "slice_metrics.csv")]
+        summary = [row for d in dirs.values() for row in read_csv(Path(d) / "summary.csv")]
+        slices = [row for d in dirs.values() for row in read_csv(Path(d) / "slice_metrics.csv")]
         write_csv(summary, out / f"metrics_{test_set}.csv")
         write_csv(slices, out / f"slices_{test_set}.csv")
         title = f"test set: {test_set} ({'REAL slices' if test_set == 'real' else 'held-out split of the paired dataset'})"

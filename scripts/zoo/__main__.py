@@ -55,14 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle: {out['bundle']}")
     if args.kind == "varnet":
         print(f"models/model.pt: {out['weights_mb']:.2f} MB")
-        for check, (status, detail) in out["checks"].items():
-            print(f"zoo check {describe(check, status, detail, name, 'mask')}")
-        return 1 if any(status == "failed" for status, _ in out["checks"].values()) else 0
-    print(f"models/model.pt: {out['weights_mb']:.2f} MB, {out['weights_dtype']} state dict")
-    given = "" if out["image_size_given"] else " (the project default: give the training size with --set image_size=N)"
-    print(f"image_size: {out['image_size']} px{given}")
+    else:
+        print(f"models/model.pt: {out['weights_mb']:.2f} MB, {out['weights_dtype']} state dict")
+        given = "" if out["image_size_given"] else " (the project default: give the training size with --set image_size=N)"
+        print(f"image_size: {out['image_size']} px{given}")
+    forward_arg = "mask" if args.kind == "varnet" else "timesteps"
     for check, (status, detail) in out["checks"].items():
-        print(f"zoo check {describe(check, status, detail, name)}")
+        print(f"zoo check {describe(check, status, detail, name, forward_arg)}")
     return 1 if any(status == "failed" for status, _ in out["checks"].values()) else 0
 
 

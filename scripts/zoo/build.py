@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,10 @@ from scripts.io.checkpoint import model_state_dict
 from scripts.phase.model_card import sha256
 from scripts.zoo import BundleError
 from scripts.zoo.card import read_card, readme
-from scripts.zoo.checks import run_checks
+from scripts.zoo.checks import ForwardArgs, timestep_args, run_checks
 from scripts.zoo.metadata import PIPELINE_KEY, zoo_metadata
 
-__all__ = ["CKPT_PATH", "build_bundle", "bundle_configs", "checkpoint_weights", "config_facts"]
+__all__ = ["CKPT_PATH", "assemble", "build_bundle", "bundle_configs", "checkpoint_weights", "config_facts"]
 
 GENERATED = ("inference.json", "train.json")
 COPIED = ("multi_gpu_train.json", "logging.conf")
@@ -147,6 +147,27 @@ def _replace(built: Path, output: Path) -> None:
         os.replace(built, output)
 
 
+def assemble(output: Path, configs: Mapping[str, dict], weights: Mapping[str, torch.Tensor], meta: Mapping,
+             readme_text: Callable[[dict, float], str], copied: Mapping[str, str] | None = None,
+             forward_args: ForwardArgs = timestep_args) -> tuple[dict[str, tuple[str, str]], float]:
+    """Write a bundle beside ``output`` (:func:`_write`), run the zoo's checks on it, write ``docs/README.md`` =
+    ``readme_text(checks, weights_mb)`` and rename it into place; returns ``(checks, weights_mb)``.
+    The checks look for ``docs/README.md``, so it is written once before them and once with their results."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        _write(work, configs, weights, meta, copied)
+        weights_mb = (work / "models" / "model.pt").stat().st_size / 1e6
+        (work / "docs").mkdir()
+        (work / "docs" / "README.md").write_text(readme_text({}, weights_mb), encoding="utf-8")
+        checks = run_checks(work, forward_args=forward_args)
+        (work / "docs" / "README.md").write_text(readme_text(checks, weights_mb), encoding="utf-8")
+        _replace(work, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return checks, weights_mb
+
+
 def build_bundle(checkpoint: str | os.PathLike, output: str | os.PathLike, card: str | os.PathLike | None = None,
                  settings: Mapping[str, Any] | None = None, half: bool = False) -> dict[str, Any]:
     """Build the bundle ``output`` (its folder name is the bundle's name) from ``checkpoint``.
@@ -168,18 +189,7 @@ def build_bundle(checkpoint: str | os.PathLike, output: str | os.PathLike, card:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     facts["weights_dtype"] = "float16" if half else "float32"
     meta = zoo_metadata(facts, info)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        _write(work, configs, weights, meta)
-        facts["weights_mb"] = (work / "models" / "model.pt").stat().st_size / 1e6
-        (work / "docs").mkdir()
-        checks: dict[str, tuple[str, str]] = {}
-        for _ in range(2):  # the checks look for docs/README.md, which then reports them
-            (work / "docs" / "README.md").write_text(readme(output.name, meta, facts, info, checks), encoding="utf-8")
-            checks = checks or run_checks(work)
-        _replace(work, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    checks, facts["weights_mb"] = assemble(
+        output, configs, weights, meta, lambda found, mb: readme(output.name, meta, {**facts, "weights_mb": mb}, info, found))
     return {"bundle": str(output), "checks": checks, **{k: facts[k] for k in ("weights_mb", "weights_dtype", "image_size")},
             "image_size_given": "image_size" in {**info["settings"], **(settings or {})}}

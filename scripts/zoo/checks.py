@@ -53,7 +53,7 @@ def schema_file(meta_file: str | os.PathLike) -> Path:
     return path
 
 
-def _timesteps(device: str) -> dict[str, torch.Tensor]:
+def timestep_args(device: str) -> dict[str, torch.Tensor]:
     """The keyword argument a diffusion UNet's forward needs besides its input."""
     return {"timesteps": torch.zeros(1, dtype=torch.long, device=device)}
 
@@ -113,7 +113,7 @@ def _in_torchscript(error: BaseException) -> bool:
 
 
 def run_checks(bundle: str | os.PathLike, names: Sequence[str] = tuple(CHECKS),
-               forward_args: ForwardArgs = _timesteps) -> dict[str, tuple[str, str]]:
+               forward_args: ForwardArgs = timestep_args) -> dict[str, tuple[str, str]]:
     """``{check: (status, detail)}``, status ``passed``, ``failed`` or ``excluded`` (TorchScript export only).
     ``forward_args(device)``: the keyword arguments of the network's forward besides its input (default: a
     diffusion UNet's ``timesteps``)."""

@@ -19,7 +19,7 @@ from scripts.configs import CONFIG_DIR
 from scripts.phase.diffusion import PHASOR_CHANNELS
 from scripts.zoo.card import eval_metrics
 
-__all__ = ["PIPELINE_KEY", "network_format", "pipeline_format", "project_metadata", "zoo_metadata"]
+__all__ = ["PIPELINE_KEY", "network_format", "pipeline_format", "project_metadata", "tensor_spec", "zoo_metadata"]
 
 PIPELINE_KEY = "pipeline_data_format"
 NAME = "MRI phase synthesis from magnitude (conditional diffusion)"
@@ -34,8 +34,9 @@ DESCRIPTION = (
 )
 
 
-def _tensor(fmt: str, channels: int, shape: list, dtype: str, value_range: list, channel_def: Mapping[str, str],
-            **extra: Any) -> dict:
+def tensor_spec(fmt: str, channels: int, shape: list, dtype: str, value_range: list, channel_def: Mapping[str, str],
+                **extra: Any) -> dict:
+    """One tensor entry of a ``*_data_format`` in the zoo's schema (an MR image, not patch data)."""
     return {"type": "image", "format": fmt, "modality": "MR", "num_channels": channels, "spatial_shape": shape,
             "dtype": dtype, "value_range": value_range, "is_patch_data": False, "channel_def": dict(channel_def), **extra}
 
@@ -49,14 +50,14 @@ def network_format(facts: Mapping[str, Any]) -> dict:
     parts = ("cos", "sin")
     return {
         "inputs": {
-            "image": _tensor("noisy phasor + magnitude condition", n_in, [size, size], "float32", [],
+            "image": tensor_spec("noisy phasor + magnitude condition", n_in, [size, size], "float32", [],
                              {**{str(i): f"noisy {parts[i]}(phase) at step t" for i in range(PHASOR_CHANNELS)},
                               str(PHASOR_CHANNELS): "magnitude / its 99.5th percentile (condition)"}),
             "timesteps": f"int64 tensor (batch,): the diffusion step t in [0, {int(facts['num_train_timesteps']) - 1}], "
                          "a keyword argument of forward()",
         },
         "outputs": {
-            "pred": _tensor(f"predicted {target}", n_out, [size, size], "float32", [],
+            "pred": tensor_spec(f"predicted {target}", n_out, [size, size], "float32", [],
                             {str(i): f"predicted {target} of the {parts[i]}(phase) channel" for i in range(n_out)}),
         },
     }
@@ -68,19 +69,19 @@ def pipeline_format(facts: Mapping[str, Any]) -> dict:
     any_shape = ["*", "*"]
     return {
         "inputs": {
-            "magnitude": _tensor("magnitude", 1, any_shape, "float32", [],
+            "magnitude": tensor_spec("magnitude", 1, any_shape, "float32", [],
                                  {"0": f"magnitude in any units; 2-D slices (NIfTI/DICOM volumes: along slice_axis); slices "
                                        f"larger than {size} px are sampled at {size} px and the phase resampled back"},
                                  files="--input_dir: DICOM files/series, NIfTI, PNG, TIFF, fastMRI h5 (reconstruction_rss)"),
         },
         "outputs": {
-            "complex": _tensor("complex", 1, any_shape, "complex64", [],
+            "complex": tensor_spec("complex", 1, any_shape, "complex64", [],
                                {"0": "input magnitude x exp(i phase sample k): the modulus is exactly the input"},
                                files=f"<id>_sample<k>.nii.gz, k < num_samples ({n} by default), input voxel order and affine"),
-            "phase": _tensor("phase", 1, any_shape, "float32", [-math.pi, math.pi],
+            "phase": tensor_spec("phase", 1, any_shape, "float32", [-math.pi, math.pi],
                              {"0": "angle of the complex image, (-pi, pi]"},
                              files="<id>_sample<k>_phase.png (middle slice preview; the values are the complex NIfTI's angle)"),
-            "phase_spread": _tensor("circular variance", 1, any_shape, "float32", [0, 1],
+            "phase_spread": tensor_spec("circular variance", 1, any_shape, "float32", [0, 1],
                                     {"0": "1 - |mean_k exp(i phase_k)|: 0 = samples agree, 1 = phase unknown"},
                                     files="<id>_phase_spread.nii.gz, <id>_phase_spread.png"),
         },

@@ -14,11 +14,8 @@ the study's report folder (``metrics_<test set>.csv``: the source's VarNet, zero
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,13 @@ from typing import Any
 import torch
 
 from scripts.configs import CONFIG_DIR, generated
+from scripts.io.tables import read_csv
 from scripts.recon.varnet import read_network_spec
 from scripts.recon.varnet_model import build_varnet
 from scripts.zoo import BundleError
-from scripts.zoo.build import CKPT_PATH, _check_output, _replace, _write, checkpoint_weights
-from scripts.zoo.checks import describe, run_checks
-from scripts.zoo.metadata import PIPELINE_KEY, project_metadata
+from scripts.zoo.build import CKPT_PATH, _check_output, assemble, checkpoint_weights
+from scripts.zoo.checks import describe
+from scripts.zoo.metadata import PIPELINE_KEY, project_metadata, tensor_spec
 
 __all__ = ["build_varnet_bundle", "varnet_configs", "varnet_metadata"]
 
@@ -70,9 +68,8 @@ def _figures(report_dir: str | os.PathLike | None, source: str) -> dict[str, lis
         raise BundleError(f"{report_dir}: no metrics_<test set>.csv (a study report folder)")
     out = {}
     for f in files:
-        with open(f, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh)
-                    if (r["method"] == "varnet" and r["label"] == source) or r["method"] in ("zero_filled", "l1_wavelet")]
+        rows = [r for r in read_csv(f)
+                if (r["method"] == "varnet" and r["label"] == source) or r["method"] in ("zero_filled", "l1_wavelet")]
         if not any(r["method"] == "varnet" for r in rows):
             raise BundleError(f"{f}: no VarNet rows for source {source!r}")
         out[f.stem.removeprefix("metrics_")] = rows
@@ -81,11 +78,7 @@ def _figures(report_dir: str | os.PathLike | None, source: str) -> dict[str, lis
 
 def varnet_metadata(varnet_kwargs: Mapping[str, Any], figures: Mapping[str, list], source: str) -> dict:
     """``configs/metadata.json``: the project's card with the VarNet's network and pipeline formats."""
-    def tensor(fmt, channels, shape, dtype, channel_def, **extra):
-        return {"type": "image", "format": fmt, "modality": "MR", "num_channels": channels, "spatial_shape": shape,
-                "dtype": dtype, "value_range": [], "is_patch_data": False, "channel_def": channel_def, **extra}
-
-    metrics = {f"{name}_R{float(r['acceleration']):g}_{m}": float(r[f"{m}_slice_mean"])
+    metrics = {f"{name}_R{r['acceleration']:g}_{m}": r[f"{m}_slice_mean"]
                for name, rows in figures.items() for r in rows if r["method"] == "varnet" for m in FIGURES}
     return project_metadata({
         "name": "MRI VarNet trained on synthetic k-space",
@@ -103,18 +96,18 @@ def varnet_metadata(varnet_kwargs: Mapping[str, Any], figures: Mapping[str, list
         "eval_metrics": metrics,
         "network_data_format": {
             "inputs": {
-                "image": tensor("multi-coil masked k-space (channels = coils, any number)", COILS, [SIZE, SIZE, 2],
-                                "float32", {str(c): f"coil {c}: k-space (H, W, real/imaginary)" for c in range(COILS)}),
+                "image": tensor_spec("multi-coil masked k-space (channels = coils, any number)", COILS, [SIZE, SIZE, 2],
+                                "float32", [], {str(c): f"coil {c}: k-space (H, W, real/imaginary)" for c in range(COILS)}),
                 "mask": "bool tensor (B|1, 1, 1|H, W, 1): the sampled k-space (one mask per sample), a keyword "
                         "argument of forward()",
             },
-            "outputs": {"pred": tensor("RSS magnitude", 1, [SIZE, SIZE], "float32", {"0": "reconstructed magnitude"})},
+            "outputs": {"pred": tensor_spec("RSS magnitude", 1, [SIZE, SIZE], "float32", [], {"0": "reconstructed magnitude"})},
         },
         PIPELINE_KEY: {
-            "inputs": {"kspace": tensor("fastMRI multi-coil k-space (channels = coils, any number)", COILS, ["*", "*"], "complex64",
+            "inputs": {"kspace": tensor_spec("fastMRI multi-coil k-space (channels = coils, any number)", COILS, ["*", "*"], "complex64", [],
                                         {"0": "kspace (slices, coils, H, W); optional 'mask' (W,) = undersampled"},
                                         files="--input_dir: fastMRI h5 files")},
-            "outputs": {"reconstruction": tensor("RSS magnitude", 1, ["*", "*"], "float32",
+            "outputs": {"reconstruction": tensor_spec("RSS magnitude", 1, ["*", "*"], "float32", [],
                                                  {"0": "'reconstruction' (slices, H, W), file units"},
                                                  files="OUT/<file name>, OUT/report.json")},
         },
@@ -129,14 +122,14 @@ def _readme(name: str, meta: Mapping, kwargs: Mapping, figures: Mapping[str, lis
         lines = ["| method | R | PSNR dB [95% CI over subjects] | SSIM | NMSE |", "|---|---|---|---|---|"]
         for r in rows:
             label = f"VarNet ({source})" if r["method"] == "varnet" else r["method"]
-            lines.append(f"| {label} | {float(r['acceleration']):g} | {float(r['psnr_slice_mean']):.2f} "
-                         f"[{float(r['psnr_ci_low']):.2f}, {float(r['psnr_ci_high']):.2f}] | "
-                         f"{float(r['ssim_slice_mean']):.3f} | {float(r['nmse_slice_mean']):.4f} |")
+            lines.append(f"| {label} | {r['acceleration']:g} | {r['psnr_slice_mean']:.2f} "
+                         f"[{r['psnr_ci_low']:.2f}, {r['psnr_ci_high']:.2f}] | "
+                         f"{r['ssim_slice_mean']:.3f} | {r['nmse_slice_mean']:.4f} |")
         tables.append(f"Test set `{test_set}` ({data}):\n\n" + "\n".join(lines))
     measured = "\n\n".join(tables) or "Not measured (built without a study report)."
     losses = []
     for test_set, rows in figures.items():
-        psnr = {(r["method"], float(r["acceleration"])): float(r["psnr_slice_mean"]) for r in rows}
+        psnr = {(r["method"], r["acceleration"]): r["psnr_slice_mean"] for r in rows}
         worse = [f"R={a:g}" for (m, a), v in sorted(psnr.items()) if m == "varnet" and v < psnr.get(("zero_filled", a), -1e9)]
         if worse:
             losses.append(f"- On `{test_set}` this VarNet is BELOW zero-filled in PSNR at {', '.join(worse)} (table above).")
@@ -196,17 +189,7 @@ def build_varnet_bundle(checkpoint: str | os.PathLike, output: str | os.PathLike
     weights = checkpoint_weights(checkpoint, build_varnet(**kwargs, channel_dim=True))
     figures = _figures(report_dir, source)
     meta = varnet_metadata(kwargs, figures, source)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        _write(work, configs, weights, meta, {"multi_gpu_train.json": "multi_gpu_train_varnet.json", "logging.conf": "logging.conf"})
-        weights_mb = (work / "models" / "model.pt").stat().st_size / 1e6
-        (work / "docs").mkdir()
-        checks: dict[str, tuple[str, str]] = {}
-        for _ in range(2):  # the checks look for docs/README.md, which then reports them
-            (work / "docs" / "README.md").write_text(_readme(output.name, meta, kwargs, figures, source, weights_mb, checks))
-            checks = checks or run_checks(work, forward_args=_mask)
-        _replace(work, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    copied = {"multi_gpu_train.json": "multi_gpu_train_varnet.json", "logging.conf": "logging.conf"}
+    checks, weights_mb = assemble(output, configs, weights, meta, copied=copied, forward_args=_mask,
+                                  readme_text=lambda found, mb: _readme(output.name, meta, kwargs, figures, source, mb, found))
     return {"bundle": str(output), "checks": checks, "weights_mb": weights_mb}
