@@ -71,14 +71,14 @@ def assert_reported(root: Path, skipped: list[dict], names, log: str) -> None:
 def test_evaluate_skips_each_bad_file_and_goes_on(tmp_path, monkeypatch):
     import scripts.recon.evaluate as evaluate
 
-    l1 = evaluate.l1_wavelet_recon
+    l1 = evaluate.l1_wavelet_batch
 
-    def failing(masked, *args, **kwargs):  # a method that fails on one file's slices only
-        if masked.shape[-1] == 24:
+    def failing(kspace, *args, **kwargs):  # a method that fails on one file's slices only
+        if kspace.shape[-1] == 24:
             raise RuntimeError("simulated l1 failure")
-        return l1(masked, *args, **kwargs)
+        return l1(kspace, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "l1_wavelet_recon", failing)
+    monkeypatch.setattr(evaluate, "l1_wavelet_batch", failing)
     folder, out = make_test_dir(tmp_path / "test_set"), tmp_path / "eval"
     with captured_log() as log:
         result = evaluate_varnet(None, folder, out, **EVAL)

@@ -6,8 +6,8 @@ to coil 0, maps zeroed where the eigenvalue is at most ``crop``), with one chang
 calibration data from a centred SQUARE of ``calib_width`` and a square kernel, while the fully sampled
 region of a column mask is all rows x a few centre columns (10 columns at 256 px and centre fraction
 0.04; the 10x10 square then leaves no eigenvalue above the crop threshold). sigpy has no public way to
-calibrate on another region, so the steps are written here with sigpy's public pieces
-(``array_to_blocks``, ``resize``, ``ifft``, ``alg.PowerMethod``). A box from :func:`calib_box` (a centred
+calibrate on another region, and it runs on the GPU only through cupy, so the steps are written here
+in torch (device-generic: numpy or CPU tensors in, the same maps as on a GPU). A box from :func:`calib_box` (a centred
 square) gives sigpy's ``EspiritCalib`` maps (tested to float tolerance); :func:`acs_box` is the fully
 sampled box of a mask (:func:`scripts.core.masks.acs_bounds`, all rows for a column mask).
 """
@@ -18,6 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import torch
+
+from scripts.core.fft import ifft2c
 from scripts.core.masks import acs_bounds
 
 __all__ = ["acs_box", "calib_box", "espirit_calib"]
@@ -45,48 +48,51 @@ def acs_box(mask: np.ndarray, shape: Sequence[int]) -> Box:
 
 
 def espirit_calib(
-    kspace: np.ndarray,
+    kspace,
     box: Box,
     kernel_width: int | Sequence[int] = 6,
     thresh: float = 0.02,
     crop: float = 0.95,
     max_iter: int = 100,
-) -> np.ndarray:
+    device: str | torch.device | None = None,
+):
     """ESPIRiT maps ``(C, H, W)`` complex64 of centred k-space ``(C, H, W)``, calibrated on ``box``.
 
     ``box`` = ``(top, bottom, left, right)`` (half-open; :func:`calib_box`, :func:`acs_box`); only the
     k-space inside it is read. ``kernel_width``: one width, or ``(rows, columns)``. Maps are 0 where the
-    eigenvalue is at most ``crop`` (``crop=0`` keeps the whole FOV).
+    eigenvalue is at most ``crop`` (``crop=0`` keeps the whole FOV). numpy in, numpy out; torch in, torch
+    out; computed on ``device`` (default: where ``kspace`` is).
     """
-    import sigpy as sp
-
-    ksp = np.asarray(kspace, dtype=np.complex64)
-    num_coils, img_shape = ksp.shape[0], ksp.shape[1:]
+    was_numpy = not isinstance(kspace, torch.Tensor)
+    ksp = torch.as_tensor(np.asarray(kspace) if was_numpy else kspace).to(device=device, dtype=torch.complex64)
     if ksp.ndim != 3:
-        raise ValueError(f"k-space must be (C, H, W), got {ksp.shape}")
+        raise ValueError(f"k-space must be (C, H, W), got {tuple(ksp.shape)}")
+    num_coils, (h, w) = ksp.shape[0], ksp.shape[1:]
     top, bottom, left, right = (int(b) for b in box)
     kw = [int(kernel_width)] * 2 if np.isscalar(kernel_width) else [int(k) for k in kernel_width]
     calib = ksp[:, top:bottom, left:right]
     if calib.shape[1] < kw[0] or calib.shape[2] < kw[1]:
-        raise ValueError(f"calibration box {calib.shape[1:]} is smaller than the kernel {tuple(kw)}")
-    # calibration matrix: one row per kernel position, (coil, ky, kx) along the row
-    mat = sp.array_to_blocks(calib, kw, [1, 1])
-    mat = mat.reshape([num_coils, -1, kw[0] * kw[1]]).transpose([1, 0, 2]).reshape([-1, num_coils * kw[0] * kw[1]])
-    _, sv, vh = np.linalg.svd(mat, full_matrices=False)
-    kernels = vh[sv > thresh * sv.max(), :].reshape([-1, num_coils, *kw])
-    # per-pixel (C, C) matrix of the kernels in image space, pixels in sigpy's transposed order
-    aha = np.zeros(img_shape[::-1] + (num_coils, num_coils), dtype=ksp.dtype)
-    for kernel in kernels:
-        img_kernel = sp.ifft(sp.resize(kernel, ksp.shape), axes=(-2, -1))
-        a_h = np.expand_dims(img_kernel.T, axis=-1)
-        aha += a_h @ np.conj(a_h.swapaxes(-1, -2))
-    aha *= sp.prod(img_shape) / (kw[0] * kw[1])
-    maps = np.ones(ksp.shape[::-1] + (1,), dtype=ksp.dtype)
-    power = sp.alg.PowerMethod(lambda x: aha @ x, maps, max_iter=max_iter,
-                               norm_func=lambda x: np.sum(np.abs(x) ** 2, axis=-2, keepdims=True) ** 0.5)
-    while not power.done():
-        power.update()
-    maps = maps.T[0]
-    maps *= np.conj(maps[0] / np.abs(maps[0]))  # phase relative to coil 0
-    maps *= power.max_eig.T[0] > crop
-    return maps
+        raise ValueError(f"calibration box {tuple(calib.shape[1:])} is smaller than the kernel {tuple(kw)}")
+    # calibration matrix: one row per kernel position, (coil, ky, kx) along the row (sigpy's array_to_blocks)
+    mat = calib.unfold(1, kw[0], 1).unfold(2, kw[1], 1).reshape(num_coils, -1, kw[0] * kw[1])
+    mat = mat.transpose(0, 1).reshape(-1, num_coils * kw[0] * kw[1])
+    _, sv, vh = torch.linalg.svd(mat.to(torch.complex128), full_matrices=False)  # small: double precision is free
+    kernels = vh[sv > thresh * sv.max()].reshape(-1, num_coils, *kw).to(ksp.dtype)
+    # the kernels in image space (zero-padded to the k-space as sigpy.resize places them), then per pixel
+    # the (C, C) matrix sum_k a_k a_k^H; its leading eigenvector is the maps, its eigenvalue the crop test
+    padded = torch.zeros((kernels.shape[0], num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
+    y0, x0 = h // 2 - kw[0] // 2, w // 2 - kw[1] // 2
+    padded[..., y0 : y0 + kw[0], x0 : x0 + kw[1]] = kernels
+    img = ifft2c(padded)
+    aha = torch.einsum("kcyx,kdyx->cdyx", img, img.conj()) * (h * w / (kw[0] * kw[1]))
+    # per-pixel power iteration from ones (sigpy's alg.PowerMethod with a per-pixel norm), as elementwise
+    # products over (C, C, H, W): many tiny batched matmuls are several times slower on a CPU
+    maps = torch.ones((num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
+    eig = torch.ones((h, w), device=ksp.device)
+    for _ in range(int(max_iter)):
+        y = torch.sum(aha * maps[None], dim=1)
+        eig = torch.view_as_real(y).square().sum(dim=(0, -1)).sqrt()  # vector_norm over coils: 10x slower on CPU
+        maps = y / eig
+    maps = maps * torch.conj(maps[0] / maps[0].abs())  # phase relative to coil 0
+    maps = maps * (eig > crop)
+    return maps.cpu().numpy() if was_numpy else maps

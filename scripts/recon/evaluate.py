@@ -13,8 +13,8 @@ Methods:
 - ``varnet``: the trained network (:func:`scripts.recon.varnet.load_varnet`);
 - ``zero_filled``: RSS of the inverse FFT of the masked k-space;
 - ``l1_wavelet`` (NaN rows, with a warning, where the ACS is too small for ESPIRiT, e.g.
-  one column at 32 px and centre fraction 0.04): :func:`scripts.recon.l1.l1_wavelet_recon` (Daubechies-4 wavelets, ``lamda`` from
-  the config) with ESPIRiT maps (:func:`acs_espirit_maps`) on the fully
+  one column at 32 px and centre fraction 0.04): :func:`l1_wavelet_images` (Daubechies-4 wavelets, ``lamda`` from
+  the config; every R of a slice in one batch, on the evaluation's ``device``) with ESPIRiT maps (:func:`acs_espirit_maps`) on the fully
   sampled centre (ACS) of the same masked k-space; its image is shown as the RSS of the
   coil images ``S_c x`` so it is comparable with the RSS ground truth. The k-space is
   divided by the same per-slice factor as the VarNet input (max of the zero-filled RSS),
@@ -51,7 +51,7 @@ from scripts.io.tables import write_csv
 from scripts.core.espirit import acs_box, espirit_calib
 from scripts.core.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, MaskSampler, effective_acceleration
 from scripts.core.metrics import METRICS, center_crop, interval_table, slice_metrics, volume_metrics
-from scripts.recon.l1 import l1_wavelet_recon
+from scripts.recon.l1 import l1_wavelet_batch
 from scripts.recon.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct
 from scripts.synthesis.synthesize import NoUsableInput, reject_input
 
@@ -60,6 +60,7 @@ __all__ = [
     "acs_espirit_maps",
     "evaluate_varnet",
     "format_summary",
+    "l1_wavelet_images",
     "summarize",
 ]
 
@@ -70,28 +71,56 @@ SKIPPED = "skipped.json"
 
 
 def acs_espirit_maps(
-    masked_kspace: np.ndarray,
+    masked_kspace,
     mask: np.ndarray,
     kernel_width: int = 6,
     thresh: float = 0.02,
     crop: float = 0.95,
     max_iter: int = 100,
-) -> np.ndarray:
+):
     """ESPIRiT maps ``(C, H, W)`` (:func:`scripts.core.espirit.espirit_calib`) from the fully sampled centre
-    of ``masked_kspace``: the ACS box of :func:`scripts.core.espirit.acs_box` (all rows x the centre
-    columns for a column mask, the centre box for a 2-D mask; a centred square would leave no
-    eigenvalue above the crop on the real 4-coil slices).
+    of ``masked_kspace`` (numpy in, numpy out; a tensor in, a tensor on its device out): the ACS box of
+    :func:`scripts.core.espirit.acs_box` (all rows x the centre columns for a column mask, the centre box
+    for a 2-D mask; a centred square would leave no eigenvalue above the crop on the real 4-coil slices).
 
     The kernel is ``kernel_width`` clipped to half the box side (at least 2) in each direction: on the
     real 4-coil MPRAGE slice at R = 4 (10 ACS columns) a 6-wide kernel gave maps that made L1-wavelet
     diverge (NMSE 0.68), 5 or 4 gave NMSE 0.017 / 0.013.
     """
-    masked_kspace = np.asarray(masked_kspace, dtype=np.complex64)
+    if not isinstance(masked_kspace, torch.Tensor):
+        masked_kspace = np.asarray(masked_kspace, dtype=np.complex64)
     top, bottom, left, right = acs_box(mask, masked_kspace.shape)
     if min(bottom - top, right - left) < 2:
         raise ValueError(f"ACS box {bottom - top}x{right - left} is too small for ESPIRiT")
     kw = [int(max(2, min(kernel_width, n // 2))) for n in (bottom - top, right - left)]
     return espirit_calib(masked_kspace, (top, bottom, left, right), kw, thresh, crop, max_iter)
+
+
+def l1_wavelet_images(kspace: np.ndarray, masks: Sequence[np.ndarray], scales: Sequence[float], shape: Sequence[int],
+                      lamda: float, max_iter: int = 100, espirit: Mapping[str, Any] | None = None,
+                      device: str | torch.device = "cpu", where: str = "") -> list[np.ndarray]:
+    """The evaluation's L1-wavelet images of one slice's k-space ``(C, H, W)`` under each of ``masks``, in one
+    batch on ``device``: k-space divided by its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`),
+    :func:`scripts.recon.l1.l1_wavelet_batch`, the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled
+    back. A mask whose ACS is too small for ESPIRiT gives a NaN image and a warning naming ``where``."""
+    h, w = kspace.shape[-2:]
+    full = [np.broadcast_to(np.asarray(m, dtype=np.float32).reshape(-1, w), (h, w)) for m in masks]
+    batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    for i, (m, scale) in enumerate(zip(full, scales)):
+        masked = torch.from_numpy((kspace * m).astype(np.complex64) / np.float32(scale)).to(device)
+        try:
+            batch.append((i, masked, acs_espirit_maps(masked, masks[i], **dict(espirit or {}))))
+        except ValueError as e:  # an ACS too small for ESPIRiT: NaN metrics, not a failed study
+            logger.warning("l1_wavelet skipped for %s: %s", where, e)
+    images = [np.full(tuple(shape), np.nan, dtype=np.float32) for _ in masks]
+    if batch:
+        idx, k, maps = zip(*batch)
+        maps = torch.stack(maps)
+        x = l1_wavelet_batch(torch.stack(k), torch.from_numpy(np.stack([full[i] for i in idx])), maps, lamda, max_iter)
+        rss = torch.sqrt(torch.sum(torch.abs(maps * x[:, None]) ** 2, dim=1)).float().cpu().numpy()  # RSS of S_c x
+        for i, image in zip(idx, rss):
+            images[i] = center_crop(image, shape) * np.float32(scales[i])
+    return images
 
 
 def summarize(
@@ -234,10 +263,13 @@ def evaluate_varnet(
             kspace = data["kspace"] if data["kspace"].ndim == 3 else data["kspace"][None]
             target = data.get("reconstruction_rss")
             gt = None
+            masks, scales = [], []
             for r in accelerations:
                 mask, _ = sampler.fixed(kspace.shape[-2:], (name, s), r)
                 accels[(r, s)] = effective_acceleration(mask)
                 example = prepare_example(kspace, mask, target, crop_size)
+                masks.append(mask)
+                scales.append(float(example["scale"]))
                 if gt is None:
                     gt = (example["target"] * example["scale"]).numpy()
                     gt_slices.append(gt)
@@ -247,20 +279,13 @@ def evaluate_varnet(
                     seconds[("varnet", r)] += time.perf_counter() - t0
                 if "zero_filled" in methods:
                     preds[("zero_filled", r)].append(example["zero_filled"].numpy())
-                if "l1_wavelet" in methods:
-                    t0 = time.perf_counter()
-                    scale = float(example["scale"])
-                    masked = (kspace * mask).astype(np.complex64) / np.float32(scale)
-                    try:
-                        maps = acs_espirit_maps(masked, mask, **dict(espirit or {}))
-                        x = l1_wavelet_recon(masked, mask, maps, l1_lambda, l1_max_iter)
-                        image = np.sqrt(np.sum(np.abs(maps * x[None]) ** 2, axis=0)).astype(np.float32)  # RSS of S_c x
-                        image = center_crop(image, gt.shape) * scale
-                    except ValueError as e:  # an ACS too small for ESPIRiT: NaN metrics, not a failed study
-                        logger.warning("l1_wavelet skipped for %s slice %d at R=%g: %s", name, s, r, e)
-                        image = np.full(gt.shape, np.nan, dtype=np.float32)
+            if "l1_wavelet" in methods:  # every R of the slice in one batch
+                t0 = time.perf_counter()
+                images = l1_wavelet_images(kspace, masks, scales, gt.shape, l1_lambda, l1_max_iter, espirit, device,
+                                           f"{name} slice {s}")
+                for r, image in zip(accelerations, images):
                     preds[("l1_wavelet", r)].append(image)
-                    seconds[("l1_wavelet", r)] += time.perf_counter() - t0
+                    seconds[("l1_wavelet", r)] += (time.perf_counter() - t0) / len(accelerations)
         gt_volume = np.stack(gt_slices)
         for (method, r), images in preds.items():
             pred_volume = np.stack(images)

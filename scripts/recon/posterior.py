@@ -85,7 +85,7 @@ from scripts.core.masks import default_calib_lines, pattern_mask
 from scripts.core.metrics import slice_metrics
 from scripts.core.sense import SenseOp, data_consistency, estimate_scale, sense_init, zero_filled
 from scripts.recon.cases import make_case, read_kspace
-from scripts.recon.l1 import l1_wavelet_recon
+from scripts.recon.l1 import l1_wavelet_scaled
 from scripts.core.complex import channels_to_complex, complex_to_channels
 from scripts.recon.prior import load_prior, sampler_from_card
 from scripts.synthesis.synthesize import NoUsableInput, failure_reason
@@ -315,8 +315,8 @@ def reconstruct_file(kspace: str, prior: str, output_dir: str, mask: str = "equi
     zf = zero_filled(torch.from_numpy(np.stack([c.kspace for c in cases])), op).numpy()
     l1 = None
     if l1_lambda is not None:  # in the prior's units (k-space / its scale), so lambda is relative to the tissue level
-        l1 = np.stack([(l1_wavelet_recon(c.kspace / np.float32(s), m, c.maps, l1_lambda, l1_max_iter) * float(s))
-                       .astype(np.complex64) for c, s in zip(cases, res["scale"].numpy())])
+        l1 = l1_wavelet_scaled(np.stack([c.kspace for c in cases]), m, np.stack([c.maps for c in cases]),
+                               res["scale"].numpy(), l1_lambda, l1_max_iter, device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(kspace).stem}_{'measured' if measured else mask}"

@@ -64,7 +64,7 @@ from scripts.core.metrics import bootstrap_ci, interval_table, slice_metrics
 from scripts.core.sense import SenseOp, zero_filled
 from scripts.io.real_data import is_phantom
 from scripts.recon.cases import ReconCase, espirit_dataset, make_case, read_kspace
-from scripts.recon.l1 import l1_wavelet_recon, tune_l1_lambda
+from scripts.recon.l1 import l1_wavelet_scaled, tune_l1_lambda
 from scripts.core.complex import channels_to_complex
 from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, load_prior, sampler_from_card
 from scripts.recon.posterior import PriorPosteriorSampler, tune_dc_weight
@@ -458,9 +458,8 @@ class PriorStudy:
             maps = torch.from_numpy(np.stack([c.maps for c in test]))
             recons["zero_filled"] = zero_filled(y, SenseOp(maps, torch.from_numpy(mask)[None])).numpy()
             # L1-wavelet in units of the estimated tissue level (case.scale), so lambda fits any scanner scale
-            recons["l1_wavelet"] = np.stack([
-                (l1_wavelet_recon(c.kspace / np.float32(c.scale), mask, c.maps, lam, self.l1_max_iter) * c.scale)
-                .astype(np.complex64) for c in test])
+            recons["l1_wavelet"] = l1_wavelet_scaled(y.numpy(), mask, maps.numpy(), [c.scale for c in test], lam,
+                                                     self.l1_max_iter)
             lambdas[pattern]["dc_weight"] = {}
             for kind, w in weights.items():
                 net, card = load_prior(w)
