@@ -181,7 +181,14 @@ def test_diffusion_source_from_checkpoint(tmp_path, magnitude):
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     source = get_phase_source("diffusion", checkpoint=str(tmp_path / "model.pt"), network=net,
                               scheduler=DDIMScheduler(num_train_timesteps=100), num_inference_steps=2, batch_size=2)
+    assert not source.amp  # bf16 autocast is for CUDA; the CPU numbers stay float32
     _check_learned(source, magnitude)
+    # with autocast (as on a GPU; checked with CPU autocast) the phase is float32, finite and near the float32 one
+    mixed = get_phase_source("diffusion", checkpoint=str(tmp_path / "model.pt"), network=net,
+                             scheduler=DDIMScheduler(num_train_timesteps=100), num_inference_steps=2, batch_size=2, amp=True)
+    a, b = source(magnitude, seed=3), mixed(magnitude, seed=3)
+    assert b.dtype == np.float32 and b.shape == a.shape and np.isfinite(b).all()
+    assert float(np.abs(np.angle(np.exp(1j * (a - b)))).mean()) < 0.5
 
 
 def test_diffusion_source_builds_the_bundle_network(tmp_path, repo_root, monkeypatch):

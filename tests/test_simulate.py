@@ -240,6 +240,10 @@ def test_same_seed_same_bytes_and_resume(dataset, tmp_path):
     # a file made with other parameters is not silently kept
     with pytest.raises(FileExistsError):
         simulate_dataset(again, seed=1, **{**SMALL, "num_coils": 3})
+    # worker processes write the same bytes (and resume the same way)
+    workers = tmp_path / "workers"
+    simulate_dataset(workers, seed=1, num_workers=2, **SMALL)
+    assert sha256s(workers) == sha256s(out)
 
 
 def test_different_seed_differs():

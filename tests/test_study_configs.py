@@ -13,7 +13,9 @@ from scripts.phase.gan import pix2pix_depth
 from scripts.recon.varnet import build_varnet, varnet_profile
 from test_study import TINY
 
-PROFILES = {"study": ["study.json"], "study_full": ["study.json", "study_full.json"]}
+PROFILES = {"study": ["study.json"], "study_full": ["study.json", "study_full.json"],
+            "study_gpu": ["study.json", "study_gpu.json"]}
+CASCADES = {"study": 4, "study_gpu": 8, "study_full": 12}
 
 
 def _study(files, bundle_root):
@@ -48,7 +50,63 @@ def test_every_learned_stage_gets_the_study_sizes_and_network(profile, tmp_path)
         else:
             assert p.get_parsed_content("gan_depth") == pix2pix_depth(size)
     varnet = build_varnet(**varnet_profile(study.varnet.get("varnet_profile", "cpu")))
-    assert len(varnet.cascades) == (12 if profile == "study_full" else 4)
+    assert len(varnet.cascades) == CASCADES[profile]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_stage_receives_the_profile_sizes_and_the_device(profile, device, tmp_path, monkeypatch):
+    """What the simulator, the phase-model workflows, the synthesizer, the VarNet trainer and the evaluation
+    receive (recorded, not run): the profile's sizes and the one configured device."""
+    import scripts.configs
+    import scripts.recon.evaluate
+    import scripts.recon.varnet
+    import scripts.simulate.dataset
+    import scripts.studies.varnet_study as varnet_study
+    import scripts.synthesis.synthesize
+
+    calls: dict[str, list] = {}
+
+    def record(name):
+        def fn(*args, **kwargs):
+            calls.setdefault(name, []).append((args, kwargs))
+            return tmp_path / "model.pt"
+        return fn
+
+    class Synth:
+        def __init__(self, *args, **kwargs):
+            record("synthesize")(*args, **kwargs)
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(scripts.simulate.dataset, "simulate_dataset", record("simulate"))
+    monkeypatch.setattr(varnet_study, "run_bundle", record("workflow"))
+    monkeypatch.setattr(scripts.synthesis.synthesize, "Synthesizer", Synth)
+    monkeypatch.setattr(scripts.recon.varnet, "train_varnet", record("varnet"))
+    monkeypatch.setattr(scripts.recon.evaluate, "evaluate_varnet", record("evaluate"))
+    parser, _ = _study(PROFILES[profile], tmp_path)
+    parser["device"] = device
+    study = parser.get_parsed_content("study_def", lazy=False)
+    size, coils = parser["image_size"], parser["num_coils"]
+    study._simulate()
+    study._train_learned("diffusion")
+    study._synthesize("diffusion", study._source_kwargs("diffusion", {"diffusion": "model.pt"}))
+    study._train_varnet("ground_truth")
+    study._evaluate("model.pt", "test_split", [], "ground_truth", ["varnet"])
+    (_, sim), = calls["simulate"]
+    assert (sim["image_size"], sim["num_coils"]) == (size, coils)
+    assert {k: sim[k] for k in parser["simulate"]} == parser["simulate"]
+    (_, wf), = calls["workflow"]
+    assert (wf["image_size"], wf["num_coils"], wf["device"]) == (size, coils, f"$torch.device('{device}')")
+    for _, syn in calls["synthesize"]:  # train and val
+        assert (syn["image_size"], syn["num_coils"], syn["device"]) == (size, coils, device)
+        assert syn["phase_source_kwargs"]["device"] == device
+        assert syn["phase_source_kwargs"]["network_overrides"]["unet_channels"] == parser["diffusion"]["unet_channels"]
+    (_, vn), = calls["varnet"]
+    assert vn["device"] == device and vn.get("varnet_profile", "cpu") == parser["varnet"].get("varnet_profile", "cpu")
+    (_, ev), = calls["evaluate"]
+    assert ev["device"] == device and ev["accelerations"] == parser["accelerations"]
 
 
 def test_stage_settings_may_not_change_the_study_sizes(tmp_path):

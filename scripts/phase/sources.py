@@ -354,13 +354,15 @@ def _checkpoint(path, default: str) -> str:
 
 
 class _NetworkSource:
-    """Shared plumbing of the learned sources: device, per-slice normalisation, batching."""
+    """Shared plumbing of the learned sources: device, per-slice normalisation, batching, and bf16 autocast of
+    the network (``amp``; default on CUDA only, so CPU numbers stay float32)."""
 
-    def __init__(self, device=None, batch_size: int = 8) -> None:
+    def __init__(self, device=None, batch_size: int = 8, amp: bool | None = None) -> None:
         import torch
 
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = int(batch_size)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
 
     @staticmethod
     def _normalised(magnitude: np.ndarray):
@@ -389,7 +391,9 @@ class _NetworkSource:
             for start in range(0, x.shape[0], self.batch_size):
                 batch_seed = int(np.random.SeedSequence([int(seed), start]).generate_state(1)[0])
                 batch = x[start : start + self.batch_size].to(self.device)
-                out.append(self._phase_batch(batch, batch_seed).float().cpu().numpy())
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    phase = self._phase_batch(batch, batch_seed)
+                out.append(phase.float().cpu().numpy())
         return wrap_phase(np.concatenate(out), np.float32) if out else np.zeros(magnitude.shape, np.float32)
 
 
@@ -406,7 +410,8 @@ class DiffusionPhase(_NetworkSource):
             (``"ddpm"``, ``"ddim"``, ``"rflow"``); default: ``configs/common.json#sampler``.
         num_inference_steps: sampling steps (default: ``configs/common.json#num_inference_steps``
             when the scheduler comes from there, else the scheduler's training steps).
-        batch_size: slices sampled at once. ``device``: default GPU when available.
+        batch_size: slices sampled at once. ``device``: default GPU when available. ``amp``: bf16 autocast
+            of the network (default: on CUDA only).
         network_overrides: config ids set before ``network_def`` is built, e.g. the
             ``{"unet_channels": [16, 32, 32]}`` a model was trained with (JSON, so it can be
             recorded in a synthesis manifest).
@@ -417,8 +422,8 @@ class DiffusionPhase(_NetworkSource):
 
     def __init__(self, checkpoint: str | None = None, network=None, scheduler=None, num_inference_steps: int | None = None,
                  batch_size: int = 8, device=None, config_file: str = "common.json",
-                 network_overrides: dict | None = None) -> None:
-        super().__init__(device, batch_size)
+                 network_overrides: dict | None = None, amp: bool | None = None) -> None:
+        super().__init__(device, batch_size, amp)
         from scripts.configs import parsed
         from scripts.io.checkpoint import load_weights
         from scripts.phase.diffusion import PhaseSamplingInferer
@@ -451,11 +456,12 @@ class GanPhase(_NetworkSource):
         dropout: keep dropout on at inference (pix2pix's only noise source, as in the paper):
             different seeds then give different phase; ``False`` gives the deterministic
             point estimate for every seed.
-        batch_size, device: as :class:`DiffusionPhase`.
+        batch_size, device, amp: as :class:`DiffusionPhase`.
     """
 
-    def __init__(self, checkpoint: str | None = None, dropout: bool = True, batch_size: int = 8, device=None) -> None:
-        super().__init__(device, batch_size)
+    def __init__(self, checkpoint: str | None = None, dropout: bool = True, batch_size: int = 8, device=None,
+                 amp: bool | None = None) -> None:
+        super().__init__(device, batch_size, amp)
         import torch
 
         from scripts.phase.gan import load_generator

@@ -479,7 +479,8 @@ def train_varnet(
         epoch_length: iterations per epoch (``None`` = one pass over the training slices).
         seed: torch/numpy seed, also the base of the fixed validation masks.
         crop_size: centre crop of target/output, e.g. ``(320, 320)`` for fastMRI brain.
-        varnet_profile: ``"cpu"`` (4 cascades, small) or ``"full"`` (MONAI tutorial size);
+        varnet_profile: ``"cpu"`` (4 cascades, small), ``"gpu"`` (8 cascades, medium: configs/study_gpu.json) or
+            ``"full"`` (MONAI tutorial size);
             ``varnet_kwargs`` overrides it entirely.
         resume: continue from the latest checkpoint in ``output_dir`` when there is one.
         overrides: any other config id, e.g. ``checkpoint_interval=50``, ``val_max_slices=20``.

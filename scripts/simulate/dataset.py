@@ -796,6 +796,49 @@ def _existing_ok(path: Path, expected: dict) -> bool:
     return got == expected
 
 
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core
+
+
+def _make_subject(path: Path, seed: int, i: int, split: str, slices_per_subject: int, image_size: int, num_coils: int,
+                  noise: bool, seq_names: list[str], expected: dict) -> str:
+    """Simulate subject ``i`` and write its file (atomically); returns its sequence name."""
+    sim = simulate_subject(seed, i, slices_per_subject, image_size, num_coils, noise, seq_names)
+    subj = sim["subject"]
+    seq = subj["sequence"]
+    attrs = {
+        "file_params": json.dumps(expected, sort_keys=True),
+        "params_json": json.dumps(subj, sort_keys=True),
+        "provenance": PROVENANCE,
+        "subject_index": i,
+        "seed": seed,
+        "split": split,
+        "sequence": seq,
+        "weighting": subj["weighting"],
+        "b0_t": subj["field"]["b0_t"],
+        "te_ms": subj["sequence_params"]["te"],
+        "tr_ms": subj["sequence_params"]["tr"],
+        "ti_ms": subj["sequence_params"].get("ti", 0.0),
+        "flip_deg": subj["sequence_params"].get("flip", 90.0),
+        "te_phase_ms": subj["te_phase_ms"],
+        "snr": subj["snr"] if noise else float("inf"),
+        "fov_mm": subj["pose"]["fov_mm"],
+        "slice_z_mm": np.asarray(subj["slice_z_mm"]),
+        "image_complex_is": "noisy coil combination sum_c conj(S_c) ifft(kspace_c)" if noise else "noiseless object",
+    }
+    write_fastmri(
+        path,
+        sim["kspace"],
+        acquisition=subj["acquisition"],
+        patient_id=f"simulated-mni152-seed{seed}-subject{i}",
+        extra={"image_complex": sim["image_complex"], "coil_maps": sim["coil_maps"]},
+        attrs=attrs,
+    )
+    return seq
+
+
 def simulate_dataset(
     output_dir: str | os.PathLike,
     num_subjects: int = 10,
@@ -807,6 +850,7 @@ def simulate_dataset(
     overwrite: bool = False,
     noise: bool = True,
     sequences: Sequence[str] | None = None,
+    num_workers: int = 0,
 ) -> dict:
     """Write the simulated dataset under ``output_dir`` and return the ``dataset.json`` summary.
 
@@ -814,7 +858,8 @@ def simulate_dataset(
     (:func:`split_of`). Existing files made with the same parameters are kept (the run is
     resumable, and files are written atomically); a file made with other parameters, or
     a subject file in the wrong split folder, raises ``FileExistsError`` unless
-    ``overwrite`` (then it is replaced/removed). Same arguments -> byte-identical files.
+    ``overwrite`` (then it is replaced/removed). Same arguments -> byte-identical files, with any
+    ``num_workers`` (> 1: subjects are simulated in that many processes, one CPU thread each).
     """
     out = Path(output_dir)
     num_subjects, slices_per_subject = int(num_subjects), int(slices_per_subject)
@@ -838,6 +883,7 @@ def simulate_dataset(
                 p.unlink()
     t0 = time.perf_counter()
     made = kept = 0
+    todo: list[tuple[int, str, Path]] = []
     files = {s: [] for s in SPLITS}
     acq_counts = {s: {} for s in SPLITS}
     for i in range(num_subjects):
@@ -851,38 +897,23 @@ def simulate_dataset(
                 seq = str(f.attrs["sequence"])
             kept += 1
         else:
-            sim = simulate_subject(seed, i, slices_per_subject, image_size, num_coils, noise, seq_names)
-            subj = sim["subject"]
-            seq = subj["sequence"]
-            attrs = {
-                "file_params": json.dumps(expected, sort_keys=True),
-                "params_json": json.dumps(subj, sort_keys=True),
-                "provenance": PROVENANCE,
-                "subject_index": i,
-                "seed": seed,
-                "split": split,
-                "sequence": seq,
-                "weighting": subj["weighting"],
-                "b0_t": subj["field"]["b0_t"],
-                "te_ms": subj["sequence_params"]["te"],
-                "tr_ms": subj["sequence_params"]["tr"],
-                "ti_ms": subj["sequence_params"].get("ti", 0.0),
-                "flip_deg": subj["sequence_params"].get("flip", 90.0),
-                "te_phase_ms": subj["te_phase_ms"],
-                "snr": subj["snr"] if noise else float("inf"),
-                "fov_mm": subj["pose"]["fov_mm"],
-                "slice_z_mm": np.asarray(subj["slice_z_mm"]),
-                "image_complex_is": "noisy coil combination sum_c conj(S_c) ifft(kspace_c)" if noise else "noiseless object",
-            }
-            write_fastmri(
-                path,
-                sim["kspace"],
-                acquisition=subj["acquisition"],
-                patient_id=f"simulated-mni152-seed{seed}-subject{i}",
-                extra={"image_complex": sim["image_complex"], "coil_maps": sim["coil_maps"]},
-                attrs=attrs,
-            )
-            made += 1
+            todo.append((i, split, path))
+            continue
+        acq_counts[split][seq] = acq_counts[split].get(seq, 0) + 1
+    # subjects depend on (seed, index) only, so worker processes write the same bytes as one process
+    jobs = [(path, seed, i, split, slices_per_subject, image_size, num_coils, noise, seq_names, expected)
+            for i, split, path in todo]
+    if int(num_workers) > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(int(num_workers), len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            seqs = list(pool.map(_make_subject, *zip(*jobs)))
+    else:
+        seqs = [_make_subject(*job) for job in jobs]
+    for (i, split, _), seq in zip(todo, seqs):
+        made += 1
         acq_counts[split][seq] = acq_counts[split].get(seq, 0) + 1
     elapsed = time.perf_counter() - t0
     total_bytes = sum((out / f).stat().st_size for s in SPLITS for f in files[s])

@@ -28,7 +28,10 @@ a killed stage is redone, its outputs being written atomically or overwritten.
    PSNR and SSIM, the report's first line says the instrument failed;
 5. ``report``: ``scripts.studies.varnet_report`` writes markdown, CSVs and figures.
 
-Everything is seeded; the report records every size, seed and data source.
+Everything is seeded; the report records every size, seed and data source. Every stage runs on the
+study's ``device`` (``study.json``: CUDA when there is one): the phase models' bundle configs, the
+learned phase sources, the synthesizer's coils and FFT, the VarNets, and the evaluation (VarNet, ESPIRiT
+and L1-wavelet); the simulator runs on the CPU (``simulate['num_workers']`` processes).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class Study:
         config_dir: str | os.PathLike = "configs",
         num_threads: int | None = None,
         phase_model: str = "train",
+        device: str | None = None,
     ) -> None:
         unknown = set(phase_sources) - set(PHASE_SOURCES)
         if unknown:
@@ -163,6 +167,9 @@ class Study:
         self.real_test_dir = Path(real_test_dir) if real_test_dir and Path(real_test_dir).is_dir() else None
         self.config_dir = Path(config_dir)
         self.num_threads = num_threads  # torch CPU threads; small CPU-sized nets run fastest on one
+        # every stage's device, chosen once (study.json: CUDA when there is one); not part of the stage hashes:
+        # a study moved between a CPU and a GPU gives the same numbers to float tolerance
+        self.device = str(device) if device not in (None, "") else "cpu"
         if phase_model not in ("train", "pretrained"):
             raise ValueError(f"phase_model must be 'train' or 'pretrained', got {phase_model!r}")
         if phase_model == "pretrained" and self.image_size != PRETRAINED_SIZE:
@@ -188,7 +195,7 @@ class Study:
                         "num_coils": self.num_coils, **settings}
 
     def _workflow(self, config: str, **override: Any) -> None:
-        run_bundle(self.config_dir / config, run_id="run", **override)
+        run_bundle(self.config_dir / config, run_id="run", device=f"$torch.device('{self.device}')", **override)
 
     @staticmethod
     def _pretrained() -> str:
@@ -234,6 +241,10 @@ class Study:
                                              **self.synthesis.get("bank", {}))
         raise ValueError(f"synthesis maps must be 'birdcage' or 'espirit', got {kind!r}")
 
+    def _on_device(self, source: str, kwargs: Mapping[str, Any]) -> dict:
+        """A phase source's arguments with the study's device (the learned sources run a network)."""
+        return {**kwargs, "device": self.device} if source in LEARNED else dict(kwargs)
+
     def _synthesize(self, source: str, kwargs: Mapping[str, Any]) -> dict:
         from scripts.synthesis.synthesize import Synthesizer
 
@@ -242,9 +253,9 @@ class Study:
         out = {}
         for split in ("train", "val"):
             synth = Synthesizer(self.dataset_dir / split, self.study_dir / "kspace" / source / split,
-                                phase_source=source, phase_source_kwargs=dict(kwargs), num_coils=self.num_coils,
-                                image_size=self.image_size, seed=self.seed, overwrite=True, coil_maps=maps,
-                                **settings)
+                                phase_source=source, phase_source_kwargs=self._on_device(source, kwargs),
+                                num_coils=self.num_coils, image_size=self.image_size, seed=self.seed, overwrite=True,
+                                coil_maps=maps, device=self.device, **settings)
             out[split] = synth.run()
         return out
 
@@ -253,7 +264,8 @@ class Study:
 
         return str(train_varnet(self.study_dir / "kspace" / source, self.study_dir / "varnet" / source,
                                 accelerations=self.accelerations, mask_type=self.mask_type,
-                                center_fractions=self.center_fraction, seed=self.seed, **self.varnet))
+                                center_fractions=self.center_fraction, seed=self.seed, device=self.device,
+                                **self.varnet))
 
     def _test_sets(self) -> dict[str, list[str] | str]:
         sets: dict[str, list[str] | str] = {"test_split": str(self.dataset_dir / "test")}
@@ -272,7 +284,7 @@ class Study:
         settings = evaluation if evaluation is not None else self.evaluation
         evaluate_varnet(checkpoint, files, out, accelerations=self.accelerations, mask_type=self.mask_type,
                         center_fraction=self.center_fraction, seed=self.seed, methods=methods, label=label,
-                        **{k: v for k, v in settings.items() if k != "l1_lambda_grid"})
+                        device=self.device, **{k: v for k, v in settings.items() if k != "l1_lambda_grid"})
         return str(out)
 
     def _tune_l1_lambda(self, files: Sequence[str]) -> dict:
@@ -287,14 +299,15 @@ class Study:
         for lam in self.evaluation["l1_lambda_grid"]:
             result = evaluate_varnet(None, files, None, accelerations=self.accelerations, mask_type=self.mask_type,
                                      center_fraction=self.center_fraction, seed=self.seed, methods=["l1_wavelet"],
-                                     l1_lambda=float(lam), **{"max_slices_per_volume": 4, **settings})
+                                     l1_lambda=float(lam), device=self.device, **{"max_slices_per_volume": 4, **settings})
             scores[float(lam)] = float(np.mean([r["psnr_slice_mean"] for r in result["summary"]]))
         return {"lambda": max(scores, key=scores.get), "val_psnr": scores}
 
     def _realism(self, source: str, kwargs: Mapping[str, Any]) -> dict:
         from scripts.phase.realism import phase_realism
 
-        return phase_realism(source, kwargs, self.dataset_dir / "test", seed=self.seed, **self.realism)
+        return phase_realism(source, self._on_device(source, kwargs), self.dataset_dir / "test", seed=self.seed,
+                             **self.realism)
 
     # ------------------------------------------------------------------ the whole study
     def run(self) -> Path:
@@ -309,7 +322,8 @@ class Study:
         from scripts.phase.data import find_split
 
         if self.simulate_kwargs:
-            self.stage("simulate", {**base, **self.simulate_kwargs}, self._simulate)
+            simulate = {k: v for k, v in self.simulate_kwargs.items() if k != "num_workers"}  # same bytes with any
+            self.stage("simulate", {**base, **simulate}, self._simulate)
         for split in ("train", "val", "test"):
             files = sorted(str(p) for p in Path(find_split(self.source_dir, split)).glob("*.h5"))
             self.stage(f"pair/{split}", {**base, "files": files},

@@ -256,6 +256,9 @@ class Synthesizer:
         rank, world_size: shard; default from ``RANK`` / ``WORLD_SIZE``.
         overwrite: replace outputs made with other settings instead of raising.
         write_input_map: also write ``report_dir/input_map.PRIVATE.json`` (key -> input path; names the inputs).
+        device: where coils, noise and FFT run (default the CPU; a GPU gives the same k-space to float
+            tolerance: the noise is drawn on the CPU). Not part of the settings hash. The phase source picks
+            its own device (``phase_source_kwargs``).
     """
 
     def __init__(self, input_dir: str | os.PathLike, output_dir: str | os.PathLike, phase_source: str = "zero",
@@ -264,8 +267,11 @@ class Synthesizer:
                  samples_per_volume: int = 1, noise_std: float = 0.0, noise_cov=None, maps_per_slice: bool = True,
                  slice_axis: int = 2, acquisition: str = "SYNTHETIC",
                  rank: int | None = None, world_size: int | None = None, overwrite: bool = False,
-                 report_dir: str | os.PathLike | None = None, write_input_map: bool = False) -> None:
+                 report_dir: str | os.PathLike | None = None, write_input_map: bool = False,
+                 device: str | torch.device | None = None) -> None:
         self.input_dir, self.output_dir = Path(input_dir), Path(output_dir)
+        # coils, noise and FFT run here; the noise is drawn on the CPU (seeded per slice) whatever the device
+        self.device = torch.device(device) if device not in (None, "") else torch.device("cpu")
         self.report_dir = Path(f"{self.output_dir}_report") if report_dir in (None, "") else Path(report_dir)
         self.write_input_map = as_bool(write_input_map, "write_input_map")
         self.phase_source_name = str(phase_source)
@@ -407,12 +413,13 @@ class Synthesizer:
         specs = self.coil_maps.sample(rng, num_coils, n if self.maps_per_slice else 1)
         noisy = self.noise_cov is not None or self.noise_std > 0
         kspace = torch.empty((n, num_coils, h, w), dtype=torch.complex64)
+        on_device = image.to(self.device)
         t = self._tick("maps", t)
         for j in range(n):  # slice by slice: memory stays at one volume of k-space, noise is seeded per slice
             maps = self.coil_maps.render(specs[j if self.maps_per_slice else 0], (h, w))
             t = self._tick("maps", t)
             gen = torch.Generator().manual_seed(derive_seed(vseed, "noise", j)) if noisy else None
-            kspace[j] = coils.simulate_coils(image[j], maps, self.noise_std, self.noise_cov, generator=gen)
+            kspace[j] = coils.simulate_coils(on_device[j], maps, self.noise_std, self.noise_cov, generator=gen).cpu()
             t = self._tick("coils", t)
 
         record = {
