@@ -97,7 +97,7 @@ def estimate_scale(y: torch.Tensor, op: SenseOp, method: str = "sense", calib_li
     elif method == "acs":
         h, w = y.shape[-2:]
         c = default_calib_lines(min(h, w)) if calib_lines is None else int(calib_lines)
-        box = torch.zeros((h, w))
+        box = torch.zeros((h, w), device=y.device)
         box[(h - c + 1) // 2 : (h - c + 1) // 2 + c, (w - c + 1) // 2 : (w - c + 1) // 2 + c] = 1
         s = _p995(SenseOp(op.maps, box[None]).adjoint(y))
     else:

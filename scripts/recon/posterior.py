@@ -159,7 +159,7 @@ class PriorPosteriorSampler:
         first = 0
         if self.start_fraction < 1.0:  # warm start: diffuse the CG-SENSE image to an intermediate step
             first = min(len(ts) - 1, int(round((1.0 - self.start_fraction) * len(ts))))
-            init = complex_to_channels(sense_init(y, op), dim=1).to(device)
+            init = complex_to_channels(sense_init(y, op), dim=1)
             t0 = float(ts[first])
             if self.rflow:
                 a = 1.0 - t0 / T
@@ -183,8 +183,8 @@ class PriorPosteriorSampler:
                 a_prev = sched.alphas_cumprod[t_prev].item() if t_prev >= 0 else float(sched.final_alpha_cumprod)
                 eps = net(x, timesteps=torch.full((b,), t, device=device, dtype=torch.long))
                 x0 = self._x0_clamp((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t))
-            x0c = data_consistency(channels_to_complex(x0.cpu(), dim=1), op, y, self.dc_weight, self.cg_iters)
-            x0 = complex_to_channels(x0c, dim=1).to(device)
+            x0c = data_consistency(channels_to_complex(x0, dim=1), op, y, self.dc_weight, self.cg_iters)
+            x0 = complex_to_channels(x0c, dim=1)
             if self.rflow:
                 a_next = 1.0 - float(t_next) / T
                 x = a_next * x0 + (1.0 - a_next) * noise_hat
@@ -199,9 +199,10 @@ class PriorPosteriorSampler:
         """Reconstruct ``kspace`` ``(B, C, H, W)`` (undersampled, zeros where not sampled) with ``mask``
         ``(B or 1, H, W)`` and ``maps`` ``(B, C, H, W)``; returns ``{"image": (B, H, W) complex64 in
         k-space units, "scale": (B,)}``."""
-        y = torch.as_tensor(np.asarray(kspace) if not isinstance(kspace, torch.Tensor) else kspace).to(torch.complex64)
-        maps = torch.as_tensor(maps).to(torch.complex64)
-        mask = torch.as_tensor(mask, dtype=torch.float32)
+        device = next(self.network.parameters()).device  # the SENSE operator and CG run beside the network
+        y = torch.as_tensor(np.asarray(kspace) if not isinstance(kspace, torch.Tensor) else kspace).to(device, torch.complex64)
+        maps = torch.as_tensor(maps).to(device, torch.complex64)
+        mask = torch.as_tensor(mask, dtype=torch.float32).to(device)
         if mask.ndim == 2:
             mask = mask[None]
         gen = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
@@ -216,7 +217,7 @@ class PriorPosteriorSampler:
             x = sum(self._sample(yn, op, gen) for _ in range(self.num_samples)) / self.num_samples
             out.append(x * scale[:, None, None])
             scales.append(scale)
-        return {"image": torch.cat(out), "scale": torch.cat(scales)}
+        return {"image": torch.cat(out).cpu(), "scale": torch.cat(scales).cpu()}
 
 
 # --------------------------------------------------------------------------------------

@@ -164,6 +164,7 @@ class PriorStudy:
         real_glob: str = "brain_4coil/*.mat",
         n_boot: int = 1000,
         example_slices: int = 1,
+        device: str | None = None,
     ) -> None:
         self.out, self.work = Path(output_dir), Path(work_dir)
         self.size, self.num_coils, self.seed = int(image_size), int(num_coils), int(seed)
@@ -198,6 +199,9 @@ class PriorStudy:
         self.realism_samples, self.realism_steps, self.ts_epochs = int(realism_samples), int(realism_steps), int(two_sample_epochs)
         self.real_dir, self.real_glob = real_dir, real_glob
         self.n_boot, self.example_slices = int(n_boot), int(example_slices)
+        # every learned stage, the posterior sampling (SENSE, CG) and L1-wavelet run here (prior_study.json: CUDA
+        # when there is one); the simulator, ESPIRiT of the cases and the metrics stay on the CPU
+        self.device = str(device) if device not in (None, "") else "cpu"
         self.runner = StageRunner(self.work, "prior study")
         self.timings = self.runner.timings
         self.provenance: dict[str, Any] = {}
@@ -274,6 +278,7 @@ class PriorStudy:
         epochs = self._epochs(self.phase_iterations, n)
         if not (root / "models" / "checkpoint_final.pt").exists():
             run_bundle("configs/train.json", cwd=ROOT, bundle_root=str(root), dataset_dir=paired, image_size=self.size,
+                       device=self._device_expr(),
                        num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
                        batch_size=self.batch_size, num_workers=0, progress_bar=False, val_interval=max(1, epochs // 5),
                        log_interval=100, ckpt_interval=10**9, scheduler_type=self.phase_scheduler_type,
@@ -303,10 +308,10 @@ class PriorStudy:
         sampler = build_scheduler("rflow" if self.phase_scheduler_type == "rflow" else "ddim", image_size=self.size, clip=None)
         sampler.clip_sample = True  # the phase model's phasors live in [-1, 1]
         kwargs = {"checkpoint": phase_weights, "network": self._phase_network(), "scheduler": sampler,
-                  "num_inference_steps": self.phase_steps, "batch_size": 16}
+                  "num_inference_steps": self.phase_steps, "batch_size": 16, "device": self.device}
         synth = Synthesizer(find_split(archive, "train"), out, phase_source="diffusion", phase_source_kwargs=kwargs,
                             num_coils=self.num_coils, image_size=None, seed=self.seed,
-                            samples_per_volume=self.augment_samples, noise_std=0.0)
+                            samples_per_volume=self.augment_samples, noise_std=0.0, device=self.device)
         inferer = getattr(synth.phase_source, "inferer", None)
         if inferer is not None and hasattr(inferer, "eta"):
             # stochastic DDIM: with briefly trained models deterministic DDIM (eta 0) leaves the samples
@@ -333,6 +338,7 @@ class PriorStudy:
             done = checkpoint_iteration(str(ckpt / "checkpoint_final.pt")) if (ckpt / "checkpoint_final.pt").exists() else None
             if done is None or done < target:  # a shorter earlier run is resumed (train.json's checkpoint loader)
                 run_bundle("configs/train_prior.json", cwd=ROOT, bundle_root=str(root), dataset_dir=data[kind], prior_data=kind,
+                           device=self._device_expr(),
                            val_dataset_dir=val_dir if kind != "augmented" else data[kind], image_size=self.size,
                            num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
                            batch_size=self.batch_size, num_workers=0, progress_bar=False,
@@ -344,6 +350,13 @@ class PriorStudy:
                                                                "data": Path(data[kind]).name}
             self._tick(f"prior_{kind}", t0)
         return weights
+
+    def _device_expr(self) -> str:
+        return f"$torch.device('{self.device}')"
+
+    def _load_prior(self, weights: str):
+        net, card = load_prior(weights, map_location=self.device)
+        return net.to(self.device), card
 
     # ------------------------------------------------------------------ evaluation
     def _test_source(self) -> tuple[str, bool]:
@@ -365,11 +378,11 @@ class PriorStudy:
         real_note = f"REAL 4-coil brain slices (n={len(real)}, ESPIRiT-combined at {self.size} px)"
         rows, samples = [], {}
         for kind, w in weights.items():
-            net, card = load_prior(w)
+            net, card = self._load_prior(w)
             inf = PriorSamplingInferer(sampler_from_card(card), num_inference_steps=self.realism_steps, seed=self.seed,
                                        eta=self.eta)
             x = inf.sample(net, self.realism_samples, self.size, seed=self.seed)
-            samples[kind] = [z.numpy() for z in channels_to_complex(x, dim=1)]
+            samples[kind] = [z.numpy() for z in channels_to_complex(x.cpu(), dim=1)]
             rows.append(self._score(f"prior_{kind}", truth, samples[kind], truth_note))
             if real:
                 rows.append(self._score(f"prior_{kind}", real, samples[kind], real_note))
@@ -448,7 +461,7 @@ class PriorStudy:
             mask = pattern_mask(pattern, (self.size, self.size), opts.get("acceleration"), calib, seed=self.seed)
             val = self._cases(archive, "val", self.max_val, mask, calib)
             val = self._with_data_range(val)
-            lambdas[pattern] = tune_l1_lambda(val, self.l1_grid, self.l1_max_iter)
+            lambdas[pattern] = tune_l1_lambda(val, self.l1_grid, self.l1_max_iter, device=self.device)
             lambdas[pattern].update(acceleration=float(mask.size / mask.sum()), calib_lines=calib)
             lam = lambdas[pattern]["lambda"]
             test = self._cases(test_dir, "test", self.max_test, mask, calib) + self._real_cases(mask, calib)
@@ -459,10 +472,10 @@ class PriorStudy:
             recons["zero_filled"] = zero_filled(y, SenseOp(maps, torch.from_numpy(mask)[None])).numpy()
             # L1-wavelet in units of the estimated tissue level (case.scale), so lambda fits any scanner scale
             recons["l1_wavelet"] = l1_wavelet_scaled(y.numpy(), mask, maps.numpy(), [c.scale for c in test], lam,
-                                                     self.l1_max_iter)
+                                                     self.l1_max_iter, self.device)
             lambdas[pattern]["dc_weight"] = {}
             for kind, w in weights.items():
-                net, card = load_prior(w)
+                net, card = self._load_prior(w)
                 kw = dict(clip=card.get("clip", 2.0), seed=self.seed, **self.recon)
                 tuned = tune_dc_weight(net, sampler_from_card(card), val, self.dc_grid, **kw)
                 lambdas[pattern]["dc_weight"][kind] = tuned
