@@ -85,9 +85,20 @@ def throughput(args, work: Path) -> dict:
               "numpy_sigpy_fft_s": best_of(lambda: sigpy.fft(x, axes=(-2, -1), center=True, norm="ortho")) * volumes,
               "write_fastmri_rss_s": best_of(lambda: numpy_rss(x)) * volumes,
               "torch_rss_s": best_of(lambda: torch_rss(x)) * volumes}
+    if args.device != "cpu":  # the bare FFT on the device (synchronised), the floor of the device's synthesis
+        xd = torch.from_numpy(x).to(args.device)
+
+        def device_fft():
+            coils.fft2c(xd)
+            torch.cuda.synchronize() if xd.is_cuda else None
+
+        device_fft()
+        floors["fft_floor_device_s"] = best_of(device_fft) * volumes
     report = {k: round(v, 3) for k, v in floors.items()}
+    report["device"] = args.device
     for name, kw in VARIANTS.items():
-        settings = {"phase_source": "zero", "num_coils": args.coils, "image_size": args.size, "noise_std": args.noise_std, **kw}
+        settings = {"phase_source": "zero", "num_coils": args.coils, "image_size": args.size, "noise_std": args.noise_std,
+                    "device": args.device, **kw}
         fastmri_h5.rss = torch_rss if name.endswith("torch_rss") else numpy_rss
         Synthesizer(work / "in", work / "out", **settings).run()  # warm-up (imports, caches)
         shutil.rmtree(work / "out")
@@ -99,6 +110,8 @@ def throughput(args, work: Path) -> dict:
         report[name] = {"slices": summary["slices"], "seconds": round(total, 3), "slices_per_s": round(summary["slices"] / total, 1),
                         "ratio_to_fft_floor": round(total / floors["fft_floor_s"], 2),
                         "ratio_to_numpy_fft": round(total / floors["numpy_sigpy_fft_s"], 2),
+                        **({"ratio_to_device_fft_floor": round(total / floors["fft_floor_device_s"], 2)}
+                           if "fft_floor_device_s" in floors else {}),
                         "stages_s": {k: round(v, 3) for k, v in sorted(synth.timings.items())},
                         "other_s": round(total - sum(synth.timings.values()), 3)}
     fastmri_h5.rss = numpy_rss
@@ -160,6 +173,7 @@ def main() -> None:
     p.add_argument("--mem", type=int, nargs="*", default=[100, 1000])
     p.add_argument("--bank-files", type=int, default=4)
     p.add_argument("--bank-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="where the synthesizer's coils/FFT run (cuda on a GPU machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machine; more contend)")
     p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "bank"])
     p.add_argument("--child-in", help=argparse.SUPPRESS)

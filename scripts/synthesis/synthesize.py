@@ -70,6 +70,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,6 +292,9 @@ class Synthesizer:
         self.rank, self.world_size = _rank_world(rank, world_size)
         self.overwrite = as_bool(overwrite, "overwrite")
         self._source = None
+        self._writer: ThreadPoolExecutor | None = None  # set by run(): outputs are written beside the compute
+        self._writes: list = []
+        self._write_abort = False
         self.timings: dict[str, float] = {}
         self.settings = {
             "phase_source": self.phase_source_name, "phase_source_kwargs": _jsonable(self.phase_source_kwargs),
@@ -432,11 +436,30 @@ class Synthesizer:
                           **self.coil_maps.provenance()},
             "config_hash": self.config_hash,
         }
-        t = time.perf_counter()
-        write_fastmri(path, kspace.numpy(), acquisition=self.acquisition, patient_id=volume.id,
-                      extra={"image_complex": image.numpy()}, attrs={"synthesis": json.dumps(record, sort_keys=True)})
-        self._tick("write", t)
+        self._write(path, kspace.numpy(), image.numpy(), volume.id, record)
         return record
+
+    def _write(self, path: Path, kspace: np.ndarray, image: np.ndarray, volume_id: str, record: dict) -> None:
+        """Write one output (atomically): at once, or on the writer thread while :meth:`run` computes the next
+        unit (the files and bytes are the same; ``run`` waits for a unit's files before it counts them)."""
+        def write():
+            if self._write_abort:  # a kill (KeyboardInterrupt, SystemExit) in an earlier write ends the writing
+                return
+            t = time.perf_counter()
+            try:
+                write_fastmri(path, kspace, acquisition=self.acquisition, patient_id=volume_id,
+                              extra={"image_complex": image}, attrs={"synthesis": json.dumps(record, sort_keys=True)})
+            except Exception:
+                raise
+            except BaseException:
+                self._write_abort = True
+                raise
+            self._tick("write", t)  # only this thread ticks "write"
+
+        if self._writer is None:
+            write()
+        else:
+            self._writes.append(self._writer.submit(write))
 
     # ------------------------------------------------------------------ the archive
 
@@ -453,14 +476,26 @@ class Synthesizer:
                                       f"now {self.config_hash}): use another output_dir or overwrite=True")
         return existing
 
-    def _synthesize_unit(self, unit: str, key: str, todo: Sequence[tuple[int, Path]], records: list) -> None:
-        """Read ``unit`` and write its samples ``todo`` (``(sample, path)``), appending each record as its file lands."""
+    def _synthesize_unit(self, unit: str, key: str, todo: Sequence[tuple[int, Path]]) -> list[dict]:
+        """Read ``unit`` and make its samples ``todo`` (``(sample, path)``); returns their records (the files may
+        still be on the writer thread: :meth:`_landed`)."""
         t = time.perf_counter()
         volume = load_magnitude(unit, self.slice_axis, root=self.input_dir)
         self._tick("read", t)
         prepared = self.prepare_volume(volume)
-        for k, path in todo:
-            records.append(self.synthesize_volume(volume, k, path, key, prepared))
+        return [self.synthesize_volume(volume, k, path, key, prepared) for k, path in todo]
+
+    def _landed(self, unit: str, writes: Sequence) -> Exception | None:
+        """Wait for ``unit``'s writes; the first failure (not ``MemoryError``), or ``None`` when every file landed."""
+        error = None
+        for w in writes:
+            try:
+                w.result()
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: PERF203 - every write is awaited, the first failure is reported
+                error = error or e
+        return error
 
     def run(self) -> dict:
         """Process this rank's shard; returns a summary (counts, seconds, merged or not).
@@ -486,25 +521,47 @@ class Synthesizer:
                     self.phase_source_name, self.settings["maps"]["source"], "config " + self.config_hash)
         records, skipped = [], (unlisted if self.rank == 0 else [])
         kept = 0
-        for i, unit in enumerate(mine):
-            key = input_key(unit, self.input_dir)
-            paths = [out / name for name in self.output_names(key)]
-            existing = self._existing(paths)
-            current = [rec is not None and rec.get("config_hash") == self.config_hash for rec in existing]
-            records += [rec for rec, ok in zip(existing, current) if ok]
-            kept += sum(current)
-            todo = [(k, p) for k, (p, ok) in enumerate(zip(paths, current)) if not ok]
-            if not todo:
-                continue
+        pending = None  # (index, unit, key, records, writes) of the unit whose files are being written
+
+        def land(p) -> None:
+            i, unit, key, recs, writes = p
+            error = self._landed(unit, writes)
+            if error is not None:  # this input only: report it and go on
+                skipped.append(reject_input(unit, self.input_dir, error))
+                return
+            records.extend(recs)
+            logger.info("%s %d/%d %s: %d slice(s) -> %d file(s)", tag, i + 1, len(mine), key, recs[-1]["num_slices"], len(recs))
+
+        # one writer thread: a unit's files are written while the next unit is computed (two units in memory at most)
+        self._write_abort = False
+        with ThreadPoolExecutor(1, thread_name_prefix="synthesize-write") as self._writer:
             try:
-                self._synthesize_unit(unit, key, todo, records)
-            except MemoryError:
-                raise
-            except Exception as e:  # this input only: report it and go on
-                skipped.append(reject_input(unit, self.input_dir, e))
-                continue
-            logger.info("%s %d/%d %s: %d slice(s) -> %d file(s)", tag, i + 1, len(mine), key,
-                        records[-1]["num_slices"], len(paths))
+                for i, unit in enumerate(mine):
+                    key = input_key(unit, self.input_dir)
+                    paths = [out / name for name in self.output_names(key)]
+                    existing = self._existing(paths)
+                    current = [rec is not None and rec.get("config_hash") == self.config_hash for rec in existing]
+                    records += [rec for rec, ok in zip(existing, current) if ok]
+                    kept += sum(current)
+                    todo = [(k, p) for k, (p, ok) in enumerate(zip(paths, current)) if not ok]
+                    if not todo:
+                        continue
+                    self._writes = []
+                    try:
+                        recs = self._synthesize_unit(unit, key, todo)
+                    except MemoryError:
+                        raise
+                    except Exception as e:  # this input only: report it and go on
+                        self._landed(unit, self._writes)  # its earlier samples' files, if any, land first
+                        skipped.append(reject_input(unit, self.input_dir, e))
+                        continue
+                    if pending is not None:
+                        land(pending)
+                    pending = (i, unit, key, recs, self._writes)
+                if pending is not None:
+                    land(pending)
+            finally:
+                self._writer, self._writes = None, []
         name = f"r{self.rank:05d}-of-{self.world_size:05d}"
         records.sort(key=lambda r: r["output"])
         write_text(report / PARTS / f"manifest-{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
