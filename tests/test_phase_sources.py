@@ -161,10 +161,10 @@ def test_gan_source_from_checkpoint(tmp_path, magnitude):
     net = Pix2PixGenerator(depth=pix2pix_depth(N), ngf=8)
     torch.save(net.state_dict(), tmp_path / "generator.pt")
     torch.save({"generator": net.state_dict(), "trainer": {"iteration": 3}}, tmp_path / "checkpoint.pt")
-    source = get_phase_source("gan", checkpoint=str(tmp_path / "generator.pt"), batch_size=2)
+    source = get_phase_source("gan", checkpoint=str(tmp_path / "generator.pt"), batch_size=2, device="cpu")
     _check_learned(source, magnitude)
     # the full training checkpoint loads too; without dropout the output is a point estimate
-    point = get_phase_source("gan", checkpoint=str(tmp_path / "checkpoint.pt"), dropout=False)
+    point = get_phase_source("gan", checkpoint=str(tmp_path / "checkpoint.pt"), dropout=False, device="cpu")
     np.testing.assert_array_equal(point(magnitude, 0), point(magnitude, 1))
     with torch.no_grad():
         x = torch.from_numpy(magnitude[:1] / np.percentile(magnitude[0], 99.5))[:, None].float()
@@ -180,12 +180,14 @@ def test_diffusion_source_from_checkpoint(tmp_path, magnitude):
                              attention_levels=[False, False], num_res_blocks=1, norm_num_groups=4)
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     source = get_phase_source("diffusion", checkpoint=str(tmp_path / "model.pt"), network=net,
-                              scheduler=DDIMScheduler(num_train_timesteps=100), num_inference_steps=2, batch_size=2)
+                              scheduler=DDIMScheduler(num_train_timesteps=100), num_inference_steps=2, batch_size=2,
+                              device="cpu")
     assert not source.amp  # bf16 autocast is for CUDA; the CPU numbers stay float32
     _check_learned(source, magnitude)
     # with autocast (as on a GPU; checked with CPU autocast) the phase is float32, finite and near the float32 one
     mixed = get_phase_source("diffusion", checkpoint=str(tmp_path / "model.pt"), network=net,
-                             scheduler=DDIMScheduler(num_train_timesteps=100), num_inference_steps=2, batch_size=2, amp=True)
+                             scheduler=DDIMScheduler(num_train_timesteps=100), num_inference_steps=2, batch_size=2, amp=True,
+                             device="cpu")
     a, b = source(magnitude, seed=3), mixed(magnitude, seed=3)
     assert b.dtype == np.float32 and b.shape == a.shape and np.isfinite(b).all()
     assert float(np.abs(np.angle(np.exp(1j * (a - b)))).mean()) < 0.5
@@ -199,7 +201,8 @@ def test_diffusion_source_builds_the_bundle_network(tmp_path, repo_root, monkeyp
     parser.read_config(str(repo_root / "configs" / "common.json"))
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
     monkeypatch.chdir(tmp_path)  # the config is found from the package, not the working folder
-    source = get_phase_source("diffusion", checkpoint=str(tmp_path / "model.pt"), scheduler="ddim", num_inference_steps=1)
+    source = get_phase_source("diffusion", checkpoint=str(tmp_path / "model.pt"), scheduler="ddim", num_inference_steps=1,
+                              device="cpu")
     phase = source(_head()[None], seed=0)
     assert phase.shape == (1, N, N) and phase.dtype == np.float32
 

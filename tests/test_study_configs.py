@@ -60,6 +60,7 @@ def test_every_stage_receives_the_profile_sizes_and_the_device(profile, device, 
     receive (recorded, not run): the profile's sizes and the one configured device."""
     import scripts.configs
     import scripts.recon.evaluate
+    import scripts.phase.realism
     import scripts.recon.varnet
     import scripts.simulate.dataset
     import scripts.studies.varnet_study as varnet_study
@@ -85,6 +86,7 @@ def test_every_stage_receives_the_profile_sizes_and_the_device(profile, device, 
     monkeypatch.setattr(scripts.synthesis.synthesize, "Synthesizer", Synth)
     monkeypatch.setattr(scripts.recon.varnet, "train_varnet", record("varnet"))
     monkeypatch.setattr(scripts.recon.evaluate, "evaluate_varnet", record("evaluate"))
+    monkeypatch.setattr(scripts.phase.realism, "phase_realism", record("realism"))
     parser, _ = _study(PROFILES[profile], tmp_path)
     parser["device"] = device
     study = parser.get_parsed_content("study_def", lazy=False)
@@ -94,6 +96,7 @@ def test_every_stage_receives_the_profile_sizes_and_the_device(profile, device, 
     study._synthesize("diffusion", study._source_kwargs("diffusion", {"diffusion": "model.pt"}))
     study._train_varnet("ground_truth")
     study._evaluate("model.pt", "test_split", [], "ground_truth", ["varnet"])
+    study._realism("diffusion", study._source_kwargs("diffusion", {"diffusion": "model.pt"}))
     (_, sim), = calls["simulate"]
     assert (sim["image_size"], sim["num_coils"]) == (size, coils)
     assert {k: sim[k] for k in parser["simulate"]} == parser["simulate"]
@@ -107,6 +110,8 @@ def test_every_stage_receives_the_profile_sizes_and_the_device(profile, device, 
     assert vn["device"] == device and vn.get("varnet_profile", "cpu") == parser["varnet"].get("varnet_profile", "cpu")
     (_, ev), = calls["evaluate"]
     assert ev["device"] == device and ev["accelerations"] == parser["accelerations"]
+    (args, re), = calls["realism"]
+    assert args[1]["device"] == device and re["classifier"]["device"] == device
 
 
 def test_stage_settings_may_not_change_the_study_sizes(tmp_path):

@@ -30,8 +30,8 @@ a killed stage is redone, its outputs being written atomically or overwritten.
 
 Everything is seeded; the report records every size, seed and data source. Every stage runs on the
 study's ``device`` (``study.json``: CUDA when there is one): the phase models' bundle configs, the
-learned phase sources, the synthesizer's coils and FFT, the VarNets, and the evaluation (VarNet, ESPIRiT
-and L1-wavelet); the simulator runs on the CPU (``simulate['num_workers']`` processes).
+learned phase sources, the synthesizer's coils and FFT, the VarNets, the evaluation (VarNet, ESPIRiT and
+L1-wavelet) and the realism classifier; the simulator runs on the CPU (``simulate['num_workers']`` processes).
 """
 
 from __future__ import annotations
@@ -306,8 +306,9 @@ class Study:
     def _realism(self, source: str, kwargs: Mapping[str, Any]) -> dict:
         from scripts.phase.realism import phase_realism
 
+        settings = {**self.realism, "classifier": {**self.realism.get("classifier", {}), "device": self.device}}
         return phase_realism(source, self._on_device(source, kwargs), self.dataset_dir / "test", seed=self.seed,
-                             **self.realism)
+                             **settings)
 
     # ------------------------------------------------------------------ the whole study
     def run(self) -> Path:
