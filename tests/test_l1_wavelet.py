@@ -53,6 +53,8 @@ def test_a_batch_is_its_slices_and_a_seeded_call_repeats():
         alone = l1_wavelet_batch(kb[i : i + 1], torch.from_numpy(masks[i : i + 1]), sb[i : i + 1], lamdas[i], 30)[0]
         torch.testing.assert_close(batch[i], alone, rtol=1e-5, atol=1e-6)
     assert torch.equal(batch, l1_wavelet_batch(kb, torch.from_numpy(masks), sb, lamdas, 30))
+    chunked = l1_wavelet_batch(kb, torch.from_numpy(masks), sb, lamdas, 30, chunk=1)  # a slice at a time
+    torch.testing.assert_close(chunked, batch, rtol=1e-5, atol=1e-6)
     # in units of a per-slice scale: scale * L1(k / scale), so lambda is relative to the scale
     scaled = l1_wavelet_scaled(k[None] * masks[:1, None] * 250.0, masks[0], maps[None], [250.0], 0.003, 30)
     np.testing.assert_allclose(scaled[0] / 250.0, batch[0].numpy(), rtol=1e-4, atol=1e-5)

@@ -76,20 +76,36 @@ def wavelet_soft_threshold(x: torch.Tensor, threshold: torch.Tensor, wave_name: 
     return torch.complex(r[:b], r[b:])
 
 
+CPU_CHUNK_ELEMENTS = 2**18
+"""On a CPU, slices are reconstructed this many k-space samples (coils x H x W) at a time: batching small
+slices pays (64 px, 4 coils: 8 at once 3x faster per slice), large ones lose to cache misses (256 px,
+16 coils: 4 at once 2.6x slower per slice; ``bench/bench_device.py``)."""
+
+
 @torch.no_grad()
 def l1_wavelet_batch(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, lamda, max_iter: int = 100, *,
-                     alpha=None, wave_name: str = "db4", power_iter: int = 30, seed: int = 0) -> torch.Tensor:
+                     alpha=None, wave_name: str = "db4", power_iter: int = 30, seed: int = 0,
+                     chunk: int | None = None) -> torch.Tensor:
     """L1-wavelet images ``(B, H, W)`` complex64 of k-space ``(B, C, H, W)`` sampled by ``mask`` (0/1,
     ``(B or 1, H, W)`` or ``(B or 1, 1, W)``; unsampled k-space is zeroed) with coil ``maps`` ``(B, C, H, W)``,
     on the device of ``kspace``. ``lamda`` and ``alpha`` (the FISTA step; default ``1 / max eig(A^H A)``)
-    are one number or one per slice."""
+    are one number or one per slice. ``chunk``: slices at a time (default: all on a GPU; on a CPU, as many as
+    hold :data:`CPU_CHUNK_ELEMENTS` k-space samples); every slice's result is the same whatever the chunk."""
     kspace = torch.as_tensor(kspace).to(torch.complex64)
     device = kspace.device
-    b, _, h, w = kspace.shape
+    b, c, h, w = kspace.shape
     mask = torch.as_tensor(mask, dtype=torch.float32, device=device)
     mask = mask.reshape(-1, *mask.shape[-2:]).expand(-1, h, w)
-    op = SenseOp(torch.as_tensor(maps).to(device=device, dtype=torch.complex64), mask)
     per_slice = lambda v: torch.as_tensor(v, dtype=torch.float32, device=device).reshape(-1).expand(b)  # noqa: E731
+    if chunk is None:
+        chunk = b if device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // (c * h * w))
+    if chunk < b:
+        lam, step = per_slice(lamda), None if alpha is None else per_slice(alpha)
+        return torch.cat([l1_wavelet_batch(kspace[i : i + chunk], mask[i : i + chunk] if len(mask) > 1 else mask,
+                                           maps[i : i + chunk], lam[i : i + chunk], max_iter,
+                                           alpha=None if step is None else step[i : i + chunk], wave_name=wave_name,
+                                           power_iter=power_iter, seed=seed, chunk=chunk) for i in range(0, b, chunk)])
+    op = SenseOp(torch.as_tensor(maps).to(device=device, dtype=torch.complex64), mask)
     lamda = per_slice(lamda)
     if alpha is None:
         eig = max_eigenvalue(op.normal, (b, h, w), device, power_iter, seed)
