@@ -183,8 +183,8 @@ def main() -> None:
     device = torch.device(args.device)
     report = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    for name, fn in (("recon", lambda: recon(args, device)), ("simulator", lambda: simulator(args)),
-                     ("phase_model", lambda: phase_model(args, device))):
+    for name, fn in (("phase_model", lambda: phase_model(args, device)), ("recon", lambda: recon(args, device)),
+                     ("simulator", lambda: simulator(args))):  # the GPU figures first, the CPU-bound simulator last
         if name not in args.skip:
             report[name] = fn()
             print(json.dumps({name: report[name]}), flush=True)

@@ -3,14 +3,16 @@
 # under its own timeout; at most 8 files under $OUT (what the device tool brings back): summary.txt (machine,
 # stage status and times), one log per stage, the study's report.md. The study's own files stay in $RUN.
 #
-#   bash bench/gpu_session.sh bench|study|all        # on the GPU machine (carry .whl and .gpu_data)
-#   TINY=1 OUT=/tmp/dry bash bench/gpu_session.sh all  # the CPU dry run at tiny size (minutes)
+#   bash bench/gpu_session.sh bench     # on the GPU machine (carry .whl): about 5.5 min at most
+#   bash bench/gpu_session.sh study     # a second call (carry .whl and .gpu_data): 9 min at most
+#   TINY=1 OUT=/tmp/dry bash bench/gpu_session.sh all  # the CPU dry run at tiny size (a minute)
+# One device command may run 10 minutes: on the GPU machine run "bench" and "study" as two calls.
 #
 # .whl/: wheels of the packages the GPU machine lacks (../shared/GPU.md; /work/.library/device/README.md shows
 # the pip download line); .gpu_data/real_complex/brain_4coil: the real slices (never committed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:-all}
+MODE=${1:-bench}
 OUT=${OUT:-/tmp/gpu_session}
 RUN=${RUN:-/tmp/gpu_run}
 TINY=${TINY:-0}
@@ -22,7 +24,7 @@ if [ -d .whl ] && ! python3 -c "import monai, sigpy, ptwt, nilearn" 2>/dev/null;
 fi
 (nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 || echo "no GPU"; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())") | tee "$OUT/summary.txt"
 
-stage() {  # stage NAME SECONDS COMMAND...: its output in $OUT/NAME.log, its exit status in $OUT/status.txt
+stage() {  # stage NAME SECONDS COMMAND...: its output in $OUT/NAME.log, its exit status and time in $OUT/summary.txt
     local name=$1 limit=$2; shift 2
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -36,7 +38,7 @@ if [ "$TINY" = 1 ]; then
     VARNET_ARGS=(--profiles cpu --size 32 --coils 2 --batches 1 2 --slices 8 --subjects 2)
     STUDY_FILES="['configs/study.json','configs/study_gpu.json','bench/study_gpu_dryrun.json']"
 else
-    BENCH_ARGS=(--size 256 --coils 16 --batch 16 --sample-batch 64 --unet 64 128 256 256 --attention 0 0 1 1 --head-channels 64 --sim-subjects 12 --sim-slices 16 --workers 12)
+    BENCH_ARGS=(--size 256 --coils 16 --batch 16 --sample-batch 64 --unet 64 128 256 256 --attention 0 0 1 1 --head-channels 64 --sim-subjects 8 --sim-slices 8 --workers 12)
     SYN_ARGS=(--size 256 --coils 16 --slices 200)
     VARNET_ARGS=(--profiles gpu full --size 128 --coils 8 --batches 1 8 16 --slices 640)
     STUDY_FILES="['configs/study.json','configs/study_gpu.json']"

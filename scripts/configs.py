@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_DIR", "ROOT", "SOURCE_DIR", "as_bool", "expand", "generated", "parsed", "run_bundle"]
+__all__ = ["CONFIG_DIR", "ROOT", "SOURCE_DIR", "as_bool", "device_expr", "expand", "generated", "parsed", "resolve_device",
+           "run_bundle"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -62,6 +63,16 @@ def parsed(config: str, item: str, **overrides: Any) -> Any:
     for key, value in overrides.items():
         parser[key] = value
     return parser.get_parsed_content(item, instantiate=True)
+
+
+def resolve_device(device) -> str:
+    """A workflow's device as a string (``None`` or ``""``: the CPU)."""
+    return str(device) if device not in (None, "") else "cpu"
+
+
+def device_expr(device) -> str:
+    """``device`` as a config override that evaluates to a ``torch.device`` (how bundle configs hold it)."""
+    return f"$torch.device('{resolve_device(device)}')"
 
 
 def run_bundle(config_file: str | os.PathLike | Sequence[str | os.PathLike], run_id: str = "run",

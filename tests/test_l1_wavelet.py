@@ -60,6 +60,15 @@ def test_a_batch_is_its_slices_and_a_seeded_call_repeats():
     np.testing.assert_allclose(scaled[0] / 250.0, batch[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_column_mask_shapes_agree():
+    k, maps = kspace(), coil_maps()
+    cols = make_mask("equispaced", (N, N), 4, 0.125, seed=2).reshape(N).astype(np.float32)
+    got = [l1_wavelet_batch(torch.from_numpy(k)[None], torch.from_numpy(m), torch.from_numpy(maps)[None], 0.01, 5)
+           for m in (cols, cols[None], np.broadcast_to(cols, (N, N)).copy(), cols[None, None])]
+    for g in got[1:]:
+        assert torch.equal(g, got[0])
+
+
 def test_zero_threshold_is_perfect_reconstruction():
     x = torch.from_numpy(np.stack([kspace()[0], coil_maps()[1]]))  # any complex images
     for size in [(64, 64), (63, 61)]:

@@ -163,6 +163,10 @@ def test_gan_source_from_checkpoint(tmp_path, magnitude):
     torch.save({"generator": net.state_dict(), "trainer": {"iteration": 3}}, tmp_path / "checkpoint.pt")
     source = get_phase_source("gan", checkpoint=str(tmp_path / "generator.pt"), batch_size=2, device="cpu")
     _check_learned(source, magnitude)
+    # under bf16 autocast (CUDA's default; CPU autocast here) only the network is bf16: the angle is float32
+    mixed = get_phase_source("gan", checkpoint=str(tmp_path / "generator.pt"), batch_size=2, device="cpu", amp=True)
+    a, b = source(magnitude, seed=0), mixed(magnitude, seed=0)
+    assert b.dtype == np.float32 and float(np.abs(np.angle(np.exp(1j * (a - b)))).mean()) < 0.05
     # the full training checkpoint loads too; without dropout the output is a point estimate
     point = get_phase_source("gan", checkpoint=str(tmp_path / "checkpoint.pt"), dropout=False, device="cpu")
     np.testing.assert_array_equal(point(magnitude, 0), point(magnitude, 1))

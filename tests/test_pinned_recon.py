@@ -315,6 +315,16 @@ def test_espirit_on_a_centred_square_is_sigpys_espirit_calib(n, calib, kernel, c
     assert isinstance(tensor, torch.Tensor) and np.array_equal(tensor.numpy(), got)
 
 
+def test_espirit_kernels_a_few_at_a_time_give_the_same_maps(monkeypatch):
+    import scripts.core.espirit as espirit
+
+    k = kspace()
+    whole = espirit.espirit_calib(k, espirit.calib_box(k.shape, 24), 6, 0.02, 0.0, 30)
+    monkeypatch.setattr(espirit, "KERNEL_CHUNK_ELEMENTS", 3 * COILS * N * N)  # three kernels at a time
+    np.testing.assert_allclose(espirit.espirit_calib(k, espirit.calib_box(k.shape, 24), 6, 0.02, 0.0, 30), whole,
+                               rtol=0, atol=1e-5)
+
+
 def test_calibration_and_acs_boxes():
     from scripts.core.espirit import acs_box, calib_box
     from scripts.core.masks import make_mask

@@ -171,6 +171,29 @@ def test_resume_after_a_kill_gives_the_uninterrupted_bytes(archive, reference_ru
         run(archive, out, phase_source="zero")  # never mixes outputs of different settings
 
 
+def test_a_failed_write_skips_its_unit_and_keeps_the_files_that_landed(archive, reference_run, tmp_path, monkeypatch):
+    """Writes run beside the compute: a write that fails skips its unit (reported), the files that landed
+    (here the unit's first sample, with samples_per_volume=2) stay listed, the other units are untouched."""
+    real_write, calls = synth.write_fastmri, []
+
+    def fails_on_fourth(path, *a, **k):
+        calls.append(Path(path).name)
+        if len(calls) == 4:
+            raise OSError("disk full (simulated)")
+        return real_write(path, *a, **k)
+
+    monkeypatch.setattr(synth, "write_fastmri", fails_on_fourth)
+    out = tmp_path / "out"
+    summary = run(archive, out, samples_per_volume=2)
+    failed = calls[3]
+    on_disk = sorted(p.name for p in out.glob("*.h5"))
+    listed = sorted(json.loads(line)["output"] for line in (report_of(out) / "manifest.jsonl").read_text().splitlines())
+    assert failed not in on_disk and listed == on_disk and len(on_disk) == len(calls) - 1
+    skipped = json.loads((report_of(out) / "skipped.json").read_text())
+    assert [s["input"] for s in skipped if "disk full" in s["reason"]] == [failed.rsplit("_s", 1)[0]]
+    assert summary["written"] == len(on_disk)
+
+
 def test_shards_cover_every_input_exactly_once(archive, reference_run, tmp_path, monkeypatch):
     _, _, ref = reference_run
     out = tmp_path / "out"

@@ -26,6 +26,7 @@ from scripts.core.masks import acs_bounds
 __all__ = ["acs_box", "calib_box", "espirit_calib"]
 
 Box = tuple[int, int, int, int]
+KERNEL_CHUNK_ELEMENTS = 2**23  # image-space kernel samples held at once (64 MB complex64)
 
 
 def calib_box(shape: Sequence[int], calib_width: int) -> Box:
@@ -80,11 +81,17 @@ def espirit_calib(
     kernels = vh[sv > thresh * sv.max()].reshape(-1, num_coils, *kw).to(ksp.dtype)
     # the kernels in image space (zero-padded to the k-space as sigpy.resize places them), then per pixel
     # the (C, C) matrix sum_k a_k a_k^H; its leading eigenvector is the maps, its eigenvalue the crop test
-    padded = torch.zeros((kernels.shape[0], num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
+    # (kernels a few at a time: all of them at 256 px and 16 coils would take gigabytes)
     y0, x0 = h // 2 - kw[0] // 2, w // 2 - kw[1] // 2
-    padded[..., y0 : y0 + kw[0], x0 : x0 + kw[1]] = kernels
-    img = ifft2c(padded)
-    aha = torch.einsum("kcyx,kdyx->cdyx", img, img.conj()) * (h * w / (kw[0] * kw[1]))
+    aha = torch.zeros((num_coils, num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
+    step = max(1, KERNEL_CHUNK_ELEMENTS // (num_coils * h * w))
+    for start in range(0, kernels.shape[0], step):
+        part = kernels[start : start + step]
+        padded = torch.zeros((part.shape[0], num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
+        padded[..., y0 : y0 + kw[0], x0 : x0 + kw[1]] = part
+        img = ifft2c(padded)
+        aha += torch.einsum("kcyx,kdyx->cdyx", img, img.conj())
+    aha *= h * w / (kw[0] * kw[1])
     # per-pixel power iteration from ones (sigpy's alg.PowerMethod with a per-pixel norm), as elementwise
     # products over (C, C, H, W): many tiny batched matmuls are several times slower on a CPU
     maps = torch.ones((num_coils, h, w), dtype=ksp.dtype, device=ksp.device)

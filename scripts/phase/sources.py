@@ -479,5 +479,5 @@ class GanPhase(_NetworkSource):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            phasor = self.network(batch)
+            phasor = self.network(batch).float()  # the network may run in bf16 (amp); the angle in float32
         return torch.atan2(phasor[:, 1], phasor[:, 0])

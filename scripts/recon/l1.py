@@ -87,14 +87,16 @@ def l1_wavelet_batch(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tenso
                      alpha=None, wave_name: str = "db4", power_iter: int = 30, seed: int = 0,
                      chunk: int | None = None) -> torch.Tensor:
     """L1-wavelet images ``(B, H, W)`` complex64 of k-space ``(B, C, H, W)`` sampled by ``mask`` (0/1,
-    ``(B or 1, H, W)`` or ``(B or 1, 1, W)``; unsampled k-space is zeroed) with coil ``maps`` ``(B, C, H, W)``,
+    ``(B or 1, H, W)``, ``(B or 1, 1, W)`` or ``(W,)``; unsampled k-space is zeroed) with coil ``maps`` ``(B, C, H, W)``,
     on the device of ``kspace``. ``lamda`` and ``alpha`` (the FISTA step; default ``1 / max eig(A^H A)``)
     are one number or one per slice. ``chunk``: slices at a time (default: all on a GPU; on a CPU, as many as
-    hold :data:`CPU_CHUNK_ELEMENTS` k-space samples); every slice's result is the same whatever the chunk."""
+    hold :data:`CPU_CHUNK_ELEMENTS` k-space samples); a slice's result does not depend on the chunk beyond float
+    rounding."""
     kspace = torch.as_tensor(kspace).to(torch.complex64)
     device = kspace.device
     b, c, h, w = kspace.shape
     mask = torch.as_tensor(mask, dtype=torch.float32, device=device)
+    mask = mask[None] if mask.ndim == 1 else mask  # (W,) -> (1, W): one column mask
     mask = mask.reshape(-1, *mask.shape[-2:]).expand(-1, h, w)
     per_slice = lambda v: torch.as_tensor(v, dtype=torch.float32, device=device).reshape(-1).expand(b)  # noqa: E731
     if chunk is None:

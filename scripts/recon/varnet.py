@@ -487,7 +487,7 @@ def train_varnet(
     Returns:
         ``Path`` of ``<output_dir>/model.pt`` (or of the latest resume checkpoint if no validation ran).
     """
-    from scripts.configs import run_bundle
+    from scripts.configs import device_expr, run_bundle
 
     config_file = config_file or str(ROOT / "configs" / "train_varnet.json")
     pairs: dict[str, Any] = {
@@ -510,7 +510,7 @@ def train_varnet(
     if varnet_kwargs is not None:
         pairs["varnet_kwargs"] = dict(varnet_kwargs)
     if device is not None:
-        pairs["device"] = f"$torch.device('{device}')"
+        pairs["device"] = device_expr(device)
     pairs.update(overrides)
     run_bundle(config_file, run_id="training", **pairs)
     best = Path(output_dir) / BEST_CHECKPOINT

@@ -68,7 +68,7 @@ from scripts.recon.l1 import l1_wavelet_scaled, tune_l1_lambda
 from scripts.core.complex import channels_to_complex
 from scripts.recon.prior import PRIOR_DATA, PriorSamplingInferer, load_prior, sampler_from_card
 from scripts.recon.posterior import PriorPosteriorSampler, tune_dc_weight
-from scripts.configs import ROOT, as_bool, run_bundle
+from scripts.configs import ROOT, as_bool, device_expr, resolve_device, run_bundle
 from scripts.studies.runner import StageRunner
 
 __all__ = ["PriorStudy"]
@@ -201,7 +201,7 @@ class PriorStudy:
         self.n_boot, self.example_slices = int(n_boot), int(example_slices)
         # every learned stage, the posterior sampling (SENSE, CG) and L1-wavelet run here (prior_study.json: CUDA
         # when there is one); the simulator, ESPIRiT of the cases and the metrics stay on the CPU
-        self.device = str(device) if device not in (None, "") else "cpu"
+        self.device = resolve_device(device)
         self.runner = StageRunner(self.work, "prior study")
         self.timings = self.runner.timings
         self.provenance: dict[str, Any] = {}
@@ -278,7 +278,7 @@ class PriorStudy:
         epochs = self._epochs(self.phase_iterations, n)
         if not (root / "models" / "checkpoint_final.pt").exists():
             run_bundle("configs/train.json", cwd=ROOT, bundle_root=str(root), dataset_dir=paired, image_size=self.size,
-                       device=self._device_expr(),
+                       device=device_expr(self.device),
                        num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
                        batch_size=self.batch_size, num_workers=0, progress_bar=False, val_interval=max(1, epochs // 5),
                        log_interval=100, ckpt_interval=10**9, scheduler_type=self.phase_scheduler_type,
@@ -338,7 +338,7 @@ class PriorStudy:
             done = checkpoint_iteration(str(ckpt / "checkpoint_final.pt")) if (ckpt / "checkpoint_final.pt").exists() else None
             if done is None or done < target:  # a shorter earlier run is resumed (train.json's checkpoint loader)
                 run_bundle("configs/train_prior.json", cwd=ROOT, bundle_root=str(root), dataset_dir=data[kind], prior_data=kind,
-                           device=self._device_expr(),
+                           device=device_expr(self.device),
                            val_dataset_dir=val_dir if kind != "augmented" else data[kind], image_size=self.size,
                            num_coils=self.num_coils, simulate_if_missing=False, max_epochs=epochs,
                            batch_size=self.batch_size, num_workers=0, progress_bar=False,
@@ -350,9 +350,6 @@ class PriorStudy:
                                                                "data": Path(data[kind]).name}
             self._tick(f"prior_{kind}", t0)
         return weights
-
-    def _device_expr(self) -> str:
-        return f"$torch.device('{self.device}')"
 
     def _load_prior(self, weights: str):
         net, card = load_prior(weights, map_location=self.device)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.io.fastmri_h5 import write_fastmri
-from scripts.configs import run_bundle
+from scripts.configs import device_expr, resolve_device, run_bundle
 from scripts.core.masks import DEFAULT_CENTER_FRACTION
 from scripts.studies.runner import StageRunner
 
@@ -167,9 +167,9 @@ class Study:
         self.real_test_dir = Path(real_test_dir) if real_test_dir and Path(real_test_dir).is_dir() else None
         self.config_dir = Path(config_dir)
         self.num_threads = num_threads  # torch CPU threads; small CPU-sized nets run fastest on one
-        # every stage's device, chosen once (study.json: CUDA when there is one); not part of the stage hashes:
-        # a study moved between a CPU and a GPU gives the same numbers to float tolerance
-        self.device = str(device) if device not in (None, "") else "cpu"
+        # every stage's device, chosen once (study.json: CUDA when there is one); a GPU stage runs in bf16 where
+        # the configs say so, so a device other than the CPU is part of the stage hashes (moving a study redoes it)
+        self.device = resolve_device(device)
         if phase_model not in ("train", "pretrained"):
             raise ValueError(f"phase_model must be 'train' or 'pretrained', got {phase_model!r}")
         if phase_model == "pretrained" and self.image_size != PRETRAINED_SIZE:
@@ -195,7 +195,7 @@ class Study:
                         "num_coils": self.num_coils, **settings}
 
     def _workflow(self, config: str, **override: Any) -> None:
-        run_bundle(self.config_dir / config, run_id="run", device=f"$torch.device('{self.device}')", **override)
+        run_bundle(self.config_dir / config, run_id="run", device=device_expr(self.device), **override)
 
     @staticmethod
     def _pretrained() -> str:
@@ -319,7 +319,7 @@ class Study:
 
             torch.set_num_threads(int(self.num_threads))
         base = {"dataset_dir": str(self.source_dir), "seed": self.seed, "image_size": self.image_size,
-                "num_coils": self.num_coils}
+                "num_coils": self.num_coils, **({"device": self.device} if self.device != "cpu" else {})}
         from scripts.phase.data import find_split
 
         if self.simulate_kwargs:

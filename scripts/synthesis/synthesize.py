@@ -436,6 +436,8 @@ class Synthesizer:
                           **self.coil_maps.provenance()},
             "config_hash": self.config_hash,
         }
+        if getattr(self.phase_source, "amp", False):  # a network source sampled in bf16 (CUDA): say so per file
+            record["phase_source_precision"] = "bf16 autocast"
         self._write(path, kspace.numpy(), image.numpy(), volume.id, record)
         return record
 
@@ -476,26 +478,29 @@ class Synthesizer:
                                       f"now {self.config_hash}): use another output_dir or overwrite=True")
         return existing
 
-    def _synthesize_unit(self, unit: str, key: str, todo: Sequence[tuple[int, Path]]) -> list[dict]:
-        """Read ``unit`` and make its samples ``todo`` (``(sample, path)``); returns their records (the files may
-        still be on the writer thread: :meth:`_landed`)."""
+    def _synthesize_unit(self, unit: str, key: str, todo: Sequence[tuple[int, Path]], recs: list) -> None:
+        """Read ``unit`` and make its samples ``todo`` (``(sample, path)``), appending each record to ``recs`` as
+        its file goes to the writer (:meth:`_write`: ``self._writes`` gets one entry per record)."""
         t = time.perf_counter()
         volume = load_magnitude(unit, self.slice_axis, root=self.input_dir)
         self._tick("read", t)
         prepared = self.prepare_volume(volume)
-        return [self.synthesize_volume(volume, k, path, key, prepared) for k, path in todo]
+        for k, path in todo:
+            recs.append(self.synthesize_volume(volume, k, path, key, prepared))
 
-    def _landed(self, unit: str, writes: Sequence) -> Exception | None:
-        """Wait for ``unit``'s writes; the first failure (not ``MemoryError``), or ``None`` when every file landed."""
-        error = None
+    @staticmethod
+    def _landed(writes: Sequence) -> list[Exception | None]:
+        """Wait for each write: its failure (not ``MemoryError``), or ``None`` where the file landed."""
+        errors: list[Exception | None] = []
         for w in writes:
             try:
                 w.result()
+                errors.append(None)
             except MemoryError:
                 raise
-            except Exception as e:  # noqa: PERF203 - every write is awaited, the first failure is reported
-                error = error or e
-        return error
+            except Exception as e:  # noqa: PERF203 - every write is awaited
+                errors.append(e)
+        return errors
 
     def run(self) -> dict:
         """Process this rank's shard; returns a summary (counts, seconds, merged or not).
@@ -523,14 +528,16 @@ class Synthesizer:
         kept = 0
         pending = None  # (index, unit, key, records, writes) of the unit whose files are being written
 
-        def land(p) -> None:
-            i, unit, key, recs, writes = p
-            error = self._landed(unit, writes)
+        def land(i, unit, key, recs, writes, error=None) -> None:
+            """Count the unit's files that landed; a failure (``error``: its compute's) skips the unit."""
+            errors = self._landed(writes)
+            records.extend(r for r, e in zip(recs, errors) if e is None)  # files on disk are in the manifest
+            error = error or next((e for e in errors if e is not None), None)
             if error is not None:  # this input only: report it and go on
                 skipped.append(reject_input(unit, self.input_dir, error))
-                return
-            records.extend(recs)
-            logger.info("%s %d/%d %s: %d slice(s) -> %d file(s)", tag, i + 1, len(mine), key, recs[-1]["num_slices"], len(recs))
+            else:
+                logger.info("%s %d/%d %s: %d slice(s) -> %d file(s)", tag, i + 1, len(mine), key, recs[-1]["num_slices"],
+                            len(recs))
 
         # one writer thread: a unit's files are written while the next unit is computed (two units in memory at most)
         self._write_abort = False
@@ -546,20 +553,23 @@ class Synthesizer:
                     todo = [(k, p) for k, (p, ok) in enumerate(zip(paths, current)) if not ok]
                     if not todo:
                         continue
-                    self._writes = []
+                    self._writes, recs = [], []
                     try:
-                        recs = self._synthesize_unit(unit, key, todo)
+                        self._synthesize_unit(unit, key, todo, recs)
                     except MemoryError:
                         raise
-                    except Exception as e:  # this input only: report it and go on
-                        self._landed(unit, self._writes)  # its earlier samples' files, if any, land first
-                        skipped.append(reject_input(unit, self.input_dir, e))
+                    except Exception as e:  # this input only: its earlier samples' files count, the unit is reported
+                        land(i, unit, key, recs, self._writes, e)
                         continue
                     if pending is not None:
-                        land(pending)
+                        land(*pending)
                     pending = (i, unit, key, recs, self._writes)
                 if pending is not None:
-                    land(pending)
+                    land(*pending)
+            except BaseException:  # a kill or a fatal error: queued writes are dropped, the one running finishes
+                self._write_abort = True
+                self._writer.shutdown(wait=False, cancel_futures=True)
+                raise
             finally:
                 self._writer, self._writes = None, []
         name = f"r{self.rank:05d}-of-{self.world_size:05d}"
