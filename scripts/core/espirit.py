@@ -81,25 +81,27 @@ def espirit_calib(
     kernels = vh[sv > thresh * sv.max()].reshape(-1, num_coils, *kw).to(ksp.dtype)
     # the kernels in image space (zero-padded to the k-space as sigpy.resize places them), then per pixel
     # the (C, C) matrix sum_k a_k a_k^H; its leading eigenvector is the maps, its eigenvalue the crop test
-    # (kernels a few at a time: all of them at 256 px and 16 coils would take gigabytes)
+    # (kernels a few at a time: all of them at 256 px and 16 coils would take gigabytes). Pixel-major
+    # (H*W, C, C) batched matmuls: 2-4x faster on a CPU than broadcasting over (C, C, H, W)
     y0, x0 = h // 2 - kw[0] // 2, w // 2 - kw[1] // 2
-    aha = torch.zeros((num_coils, num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
+    aha = torch.zeros((h * w, num_coils, num_coils), dtype=ksp.dtype, device=ksp.device)
     step = max(1, KERNEL_CHUNK_ELEMENTS // (num_coils * h * w))
     for start in range(0, kernels.shape[0], step):
         part = kernels[start : start + step]
         padded = torch.zeros((part.shape[0], num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
         padded[..., y0 : y0 + kw[0], x0 : x0 + kw[1]] = part
-        img = ifft2c(padded)
-        aha += torch.einsum("kcyx,kdyx->cdyx", img, img.conj())
+        img = ifft2c(padded).reshape(part.shape[0], num_coils, h * w).permute(2, 1, 0)  # (H*W, C, kernels)
+        aha += img @ img.conj().transpose(1, 2)
     aha *= h * w / (kw[0] * kw[1])
-    # per-pixel power iteration from ones (sigpy's alg.PowerMethod with a per-pixel norm), as elementwise
-    # products over (C, C, H, W): many tiny batched matmuls are several times slower on a CPU
-    maps = torch.ones((num_coils, h, w), dtype=ksp.dtype, device=ksp.device)
-    eig = torch.ones((h, w), device=ksp.device)
+    # per-pixel power iteration from ones (sigpy's alg.PowerMethod with a per-pixel norm)
+    maps = torch.ones((h * w, num_coils, 1), dtype=ksp.dtype, device=ksp.device)
+    eig = torch.ones((h * w, 1, 1), device=ksp.device)
     for _ in range(int(max_iter)):
-        y = torch.sum(aha * maps[None], dim=1)
-        eig = torch.view_as_real(y).square().sum(dim=(0, -1)).sqrt()  # vector_norm over coils: 10x slower on CPU
+        y = aha @ maps
+        eig = torch.view_as_real(y).square().sum(dim=(1, 3), keepdim=True)[..., 0].sqrt()  # vector_norm: 10x slower
         maps = y / eig
+    maps = maps[..., 0].T.reshape(num_coils, h, w)
+    eig = eig.reshape(h, w)
     maps = maps * torch.conj(maps[0] / maps[0].abs())  # phase relative to coil 0
     maps = maps * (eig > crop)
     return maps.cpu().numpy() if was_numpy else maps
