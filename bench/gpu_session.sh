@@ -3,10 +3,11 @@
 # under its own timeout; at most 8 files under $OUT (what the device tool brings back): summary.txt (machine,
 # stage status and times), one log per stage, the study's report.md. The study's own files stay in $RUN.
 #
-#   bash bench/gpu_session.sh bench     # on the GPU machine (carry .whl): about 5.5 min at most
-#   bash bench/gpu_session.sh study     # a second call (carry .whl and .gpu_data): 9 min at most
+#   bash bench/gpu_session.sh study     # on the GPU machine (carry .whl and .gpu_data): 9 min at most
+#   bash bench/gpu_session.sh bench     # a second call if device time is left (carry .whl): 3.5 min at most
 #   TINY=1 OUT=/tmp/dry bash bench/gpu_session.sh all  # the CPU dry run at tiny size (a minute)
-# One device command may run 10 minutes: on the GPU machine run "bench" and "study" as two calls.
+# One device command may run 10 minutes and a session has 15 minutes of device time, start included: run
+# "study" first (the issue's deliverable), then "bench".
 #
 # .whl/: wheels of the packages the GPU machine lacks (../shared/GPU.md; /work/.library/device/README.md shows
 # the pip download line); .gpu_data/real_complex/brain_4coil: the real slices (never committed).
@@ -39,15 +40,15 @@ if [ "$TINY" = 1 ]; then
     STUDY_FILES="['configs/study.json','configs/study_gpu.json','bench/study_gpu_dryrun.json']"
 else
     BENCH_ARGS=(--size 256 --coils 16 --batch 16 --sample-batch 64 --unet 64 128 256 256 --attention 0 0 1 1 --head-channels 64 --sim-subjects 8 --sim-slices 8 --workers 12)
-    SYN_ARGS=(--size 256 --coils 16 --slices 200)
-    VARNET_ARGS=(--profiles gpu full --size 128 --coils 8 --batches 1 8 16 --slices 640)
+    SYN_ARGS=(--size 256 --coils 16 --slices 100)
+    VARNET_ARGS=(--profiles gpu full --size 128 --coils 8 --batches 1 16 --slices 320 --skip_monai)
     STUDY_FILES="['configs/study.json','configs/study_gpu.json']"
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
-    stage bench_device 150 python3 bench/bench_device.py "${BENCH_ARGS[@]}" 
-    stage bench_synthesize 60 python3 bench/bench_synthesize.py "${SYN_ARGS[@]}" --device "$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")" --skip memory bank
-    stage bench_varnet 120 python3 bench/bench_varnet.py "${VARNET_ARGS[@]}"
+    stage bench_device 100 python3 bench/bench_device.py "${BENCH_ARGS[@]}" 
+    stage bench_synthesize 40 python3 bench/bench_synthesize.py "${SYN_ARGS[@]}" --device "$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")" --skip memory bank
+    stage bench_varnet 70 python3 bench/bench_varnet.py "${VARNET_ARGS[@]}"
 fi
 if [ "$MODE" = study ] || [ "$MODE" = all ]; then
     REAL=.gpu_data/real_complex/brain_4coil
