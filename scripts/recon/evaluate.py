@@ -103,10 +103,9 @@ def l1_wavelet_images(kspace: np.ndarray, masks: Sequence[np.ndarray], scales: S
     batch on ``device``: k-space divided by its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`),
     :func:`scripts.recon.l1.l1_wavelet_batch`, the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled
     back. A mask whose ACS is too small for ESPIRiT gives a NaN image and a warning naming ``where``."""
-    h, w = kspace.shape[-2:]
-    full = [np.broadcast_to(np.asarray(m, dtype=np.float32).reshape(-1, w), (h, w)) for m in masks]
+    rows = [np.asarray(m, dtype=np.float32).reshape(-1, kspace.shape[-1]) for m in masks]  # (1 or H, W)
     batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    for i, (m, scale) in enumerate(zip(full, scales)):
+    for i, (m, scale) in enumerate(zip(rows, scales)):
         masked = torch.from_numpy((kspace * m).astype(np.complex64) / np.float32(scale)).to(device)
         try:
             batch.append((i, masked, acs_espirit_maps(masked, masks[i], **dict(espirit or {}))))
@@ -116,7 +115,7 @@ def l1_wavelet_images(kspace: np.ndarray, masks: Sequence[np.ndarray], scales: S
     if batch:
         idx, k, maps = zip(*batch)
         maps = torch.stack(maps)
-        x = l1_wavelet_batch(torch.stack(k), torch.from_numpy(np.stack([full[i] for i in idx])), maps, lamda, max_iter)
+        x = l1_wavelet_batch(torch.stack(k), torch.from_numpy(np.stack([rows[i] for i in idx])), maps, lamda, max_iter)
         rss = torch.sqrt(torch.sum(torch.abs(maps * x[:, None]) ** 2, dim=1)).float().cpu().numpy()  # RSS of S_c x
         for i, image in zip(idx, rss):
             images[i] = center_crop(image, shape) * np.float32(scales[i])

@@ -131,9 +131,8 @@ def l1_wavelet_recon(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam
     """L1-wavelet reconstruction ``(H, W)`` complex64 of k-space ``(C, H, W)`` sampled by ``mask`` (``(H, W)``,
     ``(1, W)`` or ``(W,)``) with ``maps`` ``(C, H, W)``, computed on ``device`` (:func:`l1_wavelet_batch`)."""
     k = torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64))[None].to(device)
-    m = torch.from_numpy(np.asarray(mask, dtype=np.float32).reshape(1, -1, k.shape[-1]))
     s = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.complex64))[None]
-    return l1_wavelet_batch(k, m, s, float(lamda), max_iter)[0].cpu().numpy()
+    return l1_wavelet_batch(k, np.asarray(mask, dtype=np.float32), s, float(lamda), max_iter)[0].cpu().numpy()
 
 
 def l1_wavelet_scaled(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scales: Sequence[float], lamda,
@@ -143,10 +142,9 @@ def l1_wavelet_scaled(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, sc
     one per slice) is relative to the tissue level. One ``mask`` (``(H, W)``, ``(1, W)`` or ``(W,)``) for all
     slices; ``batch_size`` slices at a time on ``device``."""
     kspace, maps = np.asarray(kspace), np.asarray(maps)
-    w = kspace.shape[-1]
     scales = np.asarray(scales, dtype=np.float32).reshape(-1)
     lamda = np.broadcast_to(np.asarray(lamda, dtype=np.float32), scales.shape)
-    m = torch.from_numpy(np.asarray(mask, dtype=np.float32).reshape(1, -1, w))
+    m = np.asarray(mask, dtype=np.float32)
     out = []
     for i in range(0, len(kspace), int(batch_size)):
         sl = slice(i, i + int(batch_size))

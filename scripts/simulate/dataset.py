@@ -882,7 +882,7 @@ def simulate_dataset(
                     raise FileExistsError(f"{p} belongs to split {assignment[i]!r} now; rerun with overwrite=True")
                 p.unlink()
     t0 = time.perf_counter()
-    made = kept = 0
+    kept = 0
     todo: list[tuple[int, str, Path]] = []
     files = {s: [] for s in SPLITS}
     acq_counts = {s: {} for s in SPLITS}
@@ -912,8 +912,8 @@ def simulate_dataset(
             seqs = list(pool.map(_make_subject, *zip(*jobs)))
     else:
         seqs = [_make_subject(*job) for job in jobs]
-    for (i, split, _), seq in zip(todo, seqs):
-        made += 1
+    made = len(todo)
+    for (_, split, _), seq in zip(todo, seqs):
         acq_counts[split][seq] = acq_counts[split].get(seq, 0) + 1
     elapsed = time.perf_counter() - t0
     total_bytes = sum((out / f).stat().st_size for s in SPLITS for f in files[s])

@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 from scripts.coils import simulation as coils
-from scripts.configs import as_bool
+from scripts.configs import as_bool, resolve_device
 from scripts.io.atomic import stale_temporaries, write_json, write_text
 from scripts.io.fastmri_h5 import FastMRIFileError, anonymous_id, write_fastmri
 from scripts.core.intensity import magnitude_reference
@@ -272,7 +272,7 @@ class Synthesizer:
                  device: str | torch.device | None = None) -> None:
         self.input_dir, self.output_dir = Path(input_dir), Path(output_dir)
         # coils, noise and FFT run here; the noise is drawn on the CPU (seeded per slice) whatever the device
-        self.device = torch.device(device) if device not in (None, "") else torch.device("cpu")
+        self.device = torch.device(resolve_device(device))
         self.report_dir = Path(f"{self.output_dir}_report") if report_dir in (None, "") else Path(report_dir)
         self.write_input_map = as_bool(write_input_map, "write_input_map")
         self.phase_source_name = str(phase_source)
@@ -451,10 +451,8 @@ class Synthesizer:
             try:
                 write_fastmri(path, kspace, acquisition=self.acquisition, patient_id=volume_id,
                               extra={"image_complex": image}, attrs={"synthesis": json.dumps(record, sort_keys=True)})
-            except Exception:
-                raise
-            except BaseException:
-                self._write_abort = True
+            except BaseException as e:
+                self._write_abort = not isinstance(e, Exception)  # a kill, not a failed write: stop writing
                 raise
             self._tick("write", t)  # only this thread ticks "write"
 
