@@ -118,22 +118,42 @@ def test_sanity_gate_verdicts():
     assert not ok and line.startswith("**INSTRUMENT FAILED") and "means nothing" in line
 
 
+def _gap_rows(subjects: int, varnet_offset) -> list[dict]:
+    """Evaluator-shaped slice rows: ``subjects`` x 2 slices; VarNet = zero-filled + ``varnet_offset(subject)`` dB,
+    L1-wavelet = zero-filled + 4 dB."""
+    slices = []
+    for label, method, offset in [("ground_truth", "varnet", varnet_offset), ("reference", "zero_filled", lambda f: 0.0),
+                                  ("reference", "l1_wavelet", lambda f: 4.0)]:
+        slices += [{"label": label, "method": method, "acceleration": 4.0, "file": f"s{f}.h5", "slice": float(s),
+                    "psnr": 15.0 + 2 * f + 0.1 * s + offset(f), "ssim": 0.4 + 0.1 * (method == "varnet"), "nmse": 0.1}
+                   for f in range(subjects) for s in range(2)]
+    return slices
+
+
 def test_instrument_gaps_on_known_rows():
-    """Paired gaps and the >= 2 dB bar from evaluator-shaped rows: 3 subjects x 2 slices, VarNet = zero-filled + 3 dB."""
+    """Paired gaps and the >= 2 dB bar: 5 subjects x 2 slices, VarNet = zero-filled + 3 dB."""
     from scripts.core.metrics import interval_table
 
-    slices = []
-    for k, (label, method, offset) in enumerate([("ground_truth", "varnet", 3.0), ("reference", "zero_filled", 0.0),
-                                                 ("reference", "l1_wavelet", 4.0)]):
-        slices += [{"label": label, "method": method, "acceleration": 4.0, "file": f"s{f}.h5", "slice": float(s),
-                    "psnr": 15.0 + 2 * f + 0.1 * s + offset, "ssim": 0.4 + 0.1 * (method == "varnet"), "nmse": 0.1}
-                   for f in range(3) for s in range(2)]
+    slices = _gap_rows(5, lambda f: 3.0)
     summary = interval_table(slices, ("label", "method", "acceleration"), group="file")
     (line,) = instrument_gaps(summary, slices)
-    assert line.startswith("- R=4: ground_truth VarNet 20.05")
-    assert "zero_filled 17.05" in line and "+3.00 dB (paired [+3.00, +3.00]" in line and "intervals overlap" in line
+    assert line.startswith("- R=4: ground_truth VarNet 22.05")
+    assert "zero_filled 19.05" in line and "+3.00 dB (paired [+3.00, +3.00]" in line and "intervals overlap" in line
     assert "bar (>= 2 dB, apart, higher SSIM) NOT met" in line  # 3 dB, but the subject intervals overlap
-    assert "l1_wavelet 21.05" in line and "-1.00 dB" in line
+    assert "l1_wavelet 23.05" in line and "-1.00 dB" in line
+
+
+def test_instrument_gaps_from_too_few_volumes_give_each_volume_and_no_verdict():
+    """2 volumes (the real slices): a bootstrap interval is their range, so the line gives the gap per volume
+    and how many the VarNet is ahead in, and no bar verdict."""
+    from scripts.core.metrics import MIN_VERDICT_VOLUMES, interval_table
+
+    slices = _gap_rows(2, lambda f: 1.0 if f == 0 else -2.0)
+    summary = interval_table(slices, ("label", "method", "acceleration"), group="file")
+    (line,) = instrument_gaps(summary, slices)
+    assert "-0.50 dB (paired [-2.00, +1.00]" in line
+    assert "per volume s0 +1.00, s1 -2.00 dB (ahead in 1 of 2)" in line
+    assert f"too few volumes for the bar (n=2 < {MIN_VERDICT_VOLUMES}" in line and "met" not in line
 
 
 def test_sanity_gate_fires_on_a_broken_varnet(tmp_path):

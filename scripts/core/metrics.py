@@ -24,6 +24,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 __all__ = [
     "METRICS",
+    "MIN_VERDICT_VOLUMES",
     "bootstrap_ci",
     "interval_table",
     "center_crop",
@@ -100,6 +101,11 @@ def volume_metrics(gt_volume: np.ndarray, pred_volume: np.ndarray) -> dict[str, 
     """fastMRI volume metrics: NMSE and PSNR over the whole volume, SSIM = mean over slices (volume max)."""
     gt_volume, pred_volume = _pair(gt_volume, pred_volume)
     return {"nmse": nmse(gt_volume, pred_volume), "psnr": psnr(gt_volume, pred_volume), "ssim": ssim(gt_volume, pred_volume)}
+
+
+# Fewer volumes (subjects) than this and a cluster bootstrap has almost no distinct resamples (with 2 volumes
+# its 95 % interval is their range): reports then give the per-volume values and no verdict.
+MIN_VERDICT_VOLUMES = 5
 
 
 def bootstrap_ci(

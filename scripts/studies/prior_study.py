@@ -60,7 +60,7 @@ import torch
 from scripts.io.checkpoint import checkpoint_iteration
 from scripts.io.tables import write_csv
 from scripts.core.masks import MASK_PATTERNS, default_calib_lines, pattern_mask
-from scripts.core.metrics import bootstrap_ci, interval_table, slice_metrics
+from scripts.core.metrics import MIN_VERDICT_VOLUMES, bootstrap_ci, interval_table, slice_metrics
 from scripts.core.sense import SenseOp, zero_filled
 from scripts.io.real_data import is_phantom
 from scripts.recon.cases import ReconCase, espirit_dataset, make_case, read_kspace
@@ -75,7 +75,7 @@ __all__ = ["PriorStudy"]
 
 logger = logging.getLogger(__name__)
 METHODS_BASE = ("zero_filled", "l1_wavelet")
-MIN_VERDICT_SUBJECTS = 5  # fewer test subjects (volumes) than this: the report states the difference, no verdict
+MIN_VERDICT_SUBJECTS = MIN_VERDICT_VOLUMES  # fewer test subjects than this: the report states the difference, no verdict
 SMOKE_ITERATIONS = 1000  # below this a prior is untrained: the report says its numbers are a pipeline check
 # the published finding, as pairs "first beats second": phase-augmented prior > L1-wavelet > magnitude-only prior
 PUBLISHED_ORDER = (("prior_augmented", "l1_wavelet"), ("l1_wavelet", "prior_magnitude"), ("prior_augmented", "prior_complex"))
