@@ -19,6 +19,7 @@ from scripts.core.masks import MaskSampler, make_mask, to_varnet_mask
 from scripts.io.checkpoint import latest_checkpoint
 from scripts.recon.varnet import (
     FastMRISliceDataset,
+    augment_slice,
     list_h5,
     load_varnet,
     prepare_example,
@@ -134,9 +135,77 @@ def test_full_mask_reproduces_the_stored_rss(dataset_dir):
     np.testing.assert_allclose(img.numpy() * float(ex["scale"]), data["reconstruction_rss"], rtol=1e-4, atol=1e-6)
 
 
+def _orientations(image: np.ndarray) -> list[np.ndarray]:
+    flips = [image, image[:, ::-1], image[::-1], image[::-1, ::-1]]
+    return flips + [f.T for f in flips]
+
+
+def test_augmented_slices_keep_kspace_and_target_consistent(dataset_dir):
+    """Each of the 8 orientations: the RSS of the augmented k-space is the augmented stored target (the same
+    pixels), op 0 is the identity, and the 8 are distinct."""
+    from scripts.io.fastmri_h5 import read_slice, rss
+
+    data = read_slice(list_h5(dataset_dir, "val")[0], 0, keys=("kspace", "reconstruction_rss"))
+    expected = _orientations(data["reconstruction_rss"])
+    outs = []
+    for op in range(8):
+        kspace, target = augment_slice(data["kspace"], data["reconstruction_rss"], op)
+        assert kspace.shape == data["kspace"].shape and kspace.dtype == np.complex64
+        np.testing.assert_allclose(rss(kspace), target, rtol=1e-4, atol=1e-5 * target.max())
+        outs.append(target)
+    assert augment_slice(data["kspace"], None, 0)[0] is data["kspace"]
+    for op, target in enumerate(outs):  # bit 0 flips columns, bit 1 rows, bit 2 transposes after the flips
+        np.testing.assert_array_equal(target, expected[op])
+    assert len({t.tobytes() for t in outs}) == 8
+
+
+def test_augment_ops_keep_shapes_and_centred_crops():
+    ops = FastMRISliceDataset.augment_ops
+    assert ops((48, 48), None) == list(range(8))
+    assert ops((640, 368), (320, 320)) == [0, 1, 2, 3]  # not square: no transposes
+    assert ops((641, 368), (320, 320)) == [0, 1]  # odd row margin: flipping the rows would shift the crop
+
+
+def test_only_training_items_are_augmented_and_reproducibly(dataset_dir):
+    """augment=True: a training item's target is one orientation of the stored slice (scaled by its own
+    zero-filled max), several orientations occur, the same torch seed gives the same items, and fixed-mask
+    (validation) items are never augmented."""
+    from scripts.io.fastmri_h5 import read_slice
+
+    files = list_h5(dataset_dir, "train")
+    sampler = MaskSampler("equispaced", [4], 0.08)
+    seen = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        item = FastMRISliceDataset(files, sampler, augment=True)[1]
+        torch.manual_seed(seed)
+        assert torch.equal(item["kspace"], FastMRISliceDataset(files, sampler, augment=True)[1]["kspace"])
+        stored = read_slice(files[0], 1, keys=("reconstruction_rss",))["reconstruction_rss"]
+        target = item["target"].numpy() * float(item["scale"])
+        match = [k for k, o in enumerate(_orientations(stored)) if np.allclose(target, o, rtol=1e-5, atol=1e-6)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) > 1
+    plain = FastMRISliceDataset(files, sampler, fixed_masks=True)[1]
+    fixed = FastMRISliceDataset(files, sampler, fixed_masks=True, augment=True)[1]
+    assert torch.equal(plain["kspace"], fixed["kspace"]) and torch.equal(plain["target"], fixed["target"])
+
+
+def test_config_augments_the_training_set_only(dataset_dir):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train_varnet.json"))
+    assert parser["augment"] is False  # the measured data as it is, unless asked (the study asks)
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(dataset_dir), "augment": True})
+    assert parser.get_parsed_content("train#dataset").augment
+    assert not parser.get_parsed_content("validate#dataset").augment
+
+
 @pytest.mark.parametrize("mask_type", ["random", "poisson"])
 def test_train_two_iterations_each_mask_type(dataset_dir, tmp_path, mask_type):
-    best = train_varnet(dataset_dir, tmp_path, accelerations=[4], mask_type=mask_type, epochs=1, epoch_length=2, **FAST)
+    best = train_varnet(dataset_dir, tmp_path, accelerations=[4], mask_type=mask_type, epochs=1, epoch_length=2,
+                        augment=mask_type == "random", **FAST)
     assert best == tmp_path / "model.pt" and best.is_file()
     state = torch.load(best, weights_only=True)
     assert "cascades.0.dc_weight" in state

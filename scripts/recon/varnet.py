@@ -23,6 +23,8 @@ each item reads ONE slice with :func:`scripts.io.fastmri_h5.read_slice`. Per ite
   are in file units. (fastMRI's own VarNet does not rescale brain k-space and relies on the
   U-Nets' input normalisation, which MONAI's ComplexUnet also has; the factor keeps the
   data-consistency arithmetic and the loss well conditioned on any data scale.)
+- augmentation (training items, ``augment=True``): the slice is seen flipped and/or transposed
+  (:func:`augment_slice`, one of the 8 symmetries of the pixel grid, drawn with the mask);
 - target = ``reconstruction_rss`` (or the RSS of the full k-space when absent), centre-cropped
   to ``crop_size`` when one is configured (fastMRI brain: 320x320); the network output is
   centre-cropped to the target's shape in the loss and the metrics.
@@ -61,6 +63,7 @@ from monai.metrics import CumulativeIterationMetric
 from scripts.configs import CONFIG_DIR, ROOT
 from scripts.io.atomic import write_json
 from scripts.io.checkpoint import latest_checkpoint, load_weights
+from scripts.core.fft import fft2c, ifft2c
 from scripts.io.fastmri_h5 import kspace_shape, read_slice, rss
 from scripts.core.masks import DEFAULT_CENTER_FRACTION, MaskSampler, to_varnet_mask
 from scripts.core.metrics import center_crop, nmse, psnr, ssim
@@ -72,6 +75,7 @@ __all__ = [
     "ShapeBatchSampler",
     "SliceReconMetric",
     "VarNetLoss",
+    "augment_slice",
     "center_crop_t",
     "clip_gradients",
     "list_h5",
@@ -200,6 +204,29 @@ def prepare_example(
     }
 
 
+def augment_slice(kspace: np.ndarray, target: np.ndarray | None, op: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """One of the 8 flips/transposes of a slice: ``op`` bit 0 flips the columns, bit 1 the rows, bit 2 transposes
+    (after the flips), applied to the coil IMAGES (k-space ``(C, H, W)`` back through the centred FFT, so
+    k-space and image stay consistent under any FFT-centre convention) and to the target ``(h, w)`` alike.
+    ``op`` 0 returns the inputs untouched. The target must be the centred crop of the image (fastMRI's
+    ``reconstruction_rss``) with an even margin on each flipped axis, and square slices to transpose;
+    :meth:`FastMRISliceDataset.augment_ops` lists the ops a slice allows."""
+    if op == 0:
+        return kspace, target
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        if op & 1:
+            x = np.flip(x, -1)
+        if op & 2:
+            x = np.flip(x, -2)
+        if op & 4:
+            x = np.swapaxes(x, -1, -2)
+        return np.ascontiguousarray(x)
+
+    kspace = fft2c(apply(ifft2c(np.asarray(kspace)))).astype(np.complex64, copy=False)
+    return kspace, None if target is None else apply(np.asarray(target))
+
+
 class FastMRISliceDataset(torch.utils.data.Dataset):
     """Slices of fastMRI multi-coil h5 files, read one at a time (the volumes are never loaded).
 
@@ -213,6 +240,10 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         acceleration: with ``fixed_masks``, use this R for every slice (default: a fixed pick
             from the sampler's list per slice).
         max_slices: keep only the first N slices of the index (quick validation).
+        augment: training items (random masks) only: each slice is seen in one of the orientations of
+            :func:`augment_slice` its shape allows, drawn from the mask's generator after the mask.
+            Brains in other orientations widen what the network has seen of anatomy, which the
+            simulated training sets have little of (the study's gain is in its README section).
     """
 
     def __init__(
@@ -223,6 +254,7 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         fixed_masks: bool = False,
         acceleration: float | None = None,
         max_slices: int | None = None,
+        augment: bool = False,
     ):
         self.files = [str(f) for f in data]
         if not self.files:
@@ -236,6 +268,15 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
         self.fixed_masks = bool(fixed_masks)
         self.acceleration = acceleration
+        self.augment = bool(augment)
+
+    @staticmethod
+    def augment_ops(shape: Sequence[int], target_shape: Sequence[int] | None) -> list[int]:
+        """The :func:`augment_slice` ops that keep a slice of k-space ``shape`` ``(H, W)`` consistent with its
+        centre-cropped target (an even crop margin on a flipped axis) and its shape (transposes: square only)."""
+        (h, w), (th, tw) = shape, (target_shape or shape)
+        flips = [op for op in range(4) if not (op & 1 and (w - tw) % 2) and not (op & 2 and (h - th) % 2)]
+        return flips + ([op | 4 for op in flips] if h == w and th == tw else [])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -250,6 +291,10 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         else:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             mask, accel = self.mask_sampler.random(shape, rng)
+            if self.augment:
+                target = data.get("reconstruction_rss")
+                ops = self.augment_ops(shape, None if target is None else target.shape)
+                kspace, data["reconstruction_rss"] = augment_slice(kspace, target, ops[int(rng.integers(len(ops)))])
         example = prepare_example(kspace, mask, data.get("reconstruction_rss"), self.crop_size)
         example.update(fname=Path(path).name, slice=s, acceleration=float(accel))
         return example
