@@ -10,7 +10,9 @@ k-space, equispaced masks at R in {4, 6, 8, 10} (the study's training mix). Rows
 - per profile and batch size: seconds per training step, slices/s and its ratio to batch 1,
   and the mean training loss (``VarNetLoss``: L1 + SSIM) over the last 10 of ``--iterations``
   steps with the same number of SLICES seen per batch size (so loss ratios compare equal data);
-- ``monai b1``: MONAI's model (batch 1 only, MONAI#5886) in the same loop.
+- ``monai b1``: MONAI's model (batch 1 only, MONAI#5886) in the same loop;
+- ``loader``: milliseconds to read and prepare one training slice (``FastMRISliceDataset``), plain and with
+  the flip/transpose augmentation (two FFTs per slice), as a ratio to plain.
 
     python bench/bench_varnet.py                      # CPU profile, 64 px, 4 coils, batches 1/4/8
     python bench/bench_varnet.py --profiles cpu full --size 256 --coils 16 --device cuda --batches 1 8 16
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.core.masks import MaskSampler  # noqa: E402
 from scripts.io.fastmri_h5 import num_slices, read_slice  # noqa: E402
-from scripts.recon.varnet import VarNetLoss, prepare_example, varnet_profile  # noqa: E402
+from scripts.recon.varnet import FastMRISliceDataset, VarNetLoss, prepare_example, varnet_profile  # noqa: E402
 from scripts.recon.varnet_model import build_varnet  # noqa: E402
 from scripts.simulate.dataset import simulate_dataset  # noqa: E402
 
@@ -94,6 +96,18 @@ def train(net, examples, batch_size, slices, device, lr, warmup=3) -> tuple[floa
     return (time.perf_counter() - t0) / (steps - warmup), float(np.mean(losses[-10:]))
 
 
+def loader_ms(folder: str, size: int, augment: bool, repeats: int = 3) -> float:
+    """Milliseconds per training item of ``FastMRISliceDataset`` (read, mask, optional augmentation, scaling)."""
+    sampler = MaskSampler("equispaced", [4, 6, 8, 10], 0.04 if size >= 128 else 0.08)
+    ds = FastMRISliceDataset(sorted(glob.glob(f"{folder}/train/*.h5")), sampler, augment=augment)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for i in range(len(ds)):
+            _ = ds[i]
+    return (time.perf_counter() - t0) / (repeats * len(ds)) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", nargs="+", default=["cpu"])
@@ -117,6 +131,8 @@ def main() -> None:
         examples = load_examples(tmp, args.size)
         print(f"data: SIMULATED, {len(examples)} slices {args.size}x{args.size}, {args.coils} coils "
               f"({time.perf_counter() - t0:.0f} s); device {device}, threads {torch.get_num_threads()}")
+        plain, augmented = loader_ms(tmp, args.size, False), loader_ms(tmp, args.size, True)
+        print(f"loader: {plain:.1f} ms/slice plain, {augmented:.1f} with augmentation ({augmented / plain:.2f}x)")
     ex = examples[0]
     for profile in args.profiles:
         sizes = varnet_profile(profile)
