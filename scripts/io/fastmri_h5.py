@@ -34,6 +34,7 @@ __all__ = [
     "ismrmrd_header",
     "kspace_shape",
     "num_slices",
+    "open_fastmri",
     "read_fastmri",
     "read_slice",
     "rss",
@@ -126,7 +127,9 @@ def write_fastmri(
     return path
 
 
-def _open(path: str | os.PathLike) -> h5py.File:
+def open_fastmri(path: str | os.PathLike) -> h5py.File:
+    """Open a fastMRI file read-only after checking its ``kspace`` (complex, ``(slices, [coils,] H, W)``); a
+    bad file raises :class:`FastMRIFileError` naming it and the reason. Use as a context manager."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -146,19 +149,19 @@ def _open(path: str | os.PathLike) -> h5py.File:
 
 def num_slices(path: str | os.PathLike) -> int:
     """Number of slices in a fastMRI file (validates the file)."""
-    with _open(path) as f:
+    with open_fastmri(path) as f:
         return int(f["kspace"].shape[0])
 
 
 def kspace_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The stored ``kspace`` shape ``(slices, [coils,] H, W)`` of a fastMRI file, without reading data."""
-    with _open(path) as f:
+    with open_fastmri(path) as f:
         return tuple(int(n) for n in f["kspace"].shape)
 
 
 def read_slice(path: str | os.PathLike, index: int, keys: tuple[str, ...] = ("kspace",)) -> dict[str, np.ndarray]:
     """Read one slice of the named datasets (those present) without loading the volume."""
-    with _open(path) as f:
+    with open_fastmri(path) as f:
         return {k: np.asarray(f[k][index]) for k in keys if k in f}
 
 
@@ -166,5 +169,5 @@ def read_fastmri(path: str | os.PathLike) -> dict:
     """Read a whole fastMRI file with MONAI's ``FastMRIReader`` (datasets and attrs in one dict)."""
     from monai.apps.reconstruction.fastmri_reader import FastMRIReader
 
-    _open(path).close()
+    open_fastmri(path).close()
     return FastMRIReader().read(str(path))

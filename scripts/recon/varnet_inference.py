@@ -31,7 +31,7 @@ import torch
 
 from scripts.core.masks import DEFAULT_CENTER_FRACTION, MaskSampler
 from scripts.io.atomic import atomic_path, write_json
-from scripts.io.fastmri_h5 import FastMRIFileError, kspace_shape, read_slice
+from scripts.io.fastmri_h5 import FastMRIFileError, open_fastmri
 from scripts.recon.varnet import prepare_example, varnet_reconstruct
 from scripts.io.magnitude import find_inputs, input_key
 from scripts.synthesis.synthesize import NoUsableInput, reject_input
@@ -41,29 +41,25 @@ __all__ = ["reconstruct_folder", "reconstruct_file"]
 logger = logging.getLogger(__name__)
 
 
-def _stored_mask(path: str | os.PathLike) -> np.ndarray | None:
-    """The file's own ``mask`` ``(W,)`` as bool, or ``None`` when it has none (fully sampled)."""
-    with h5py.File(path, "r") as f:
-        return np.asarray(f["mask"], dtype=bool).reshape(1, -1) if "mask" in f else None
-
-
 def reconstruct_file(network: torch.nn.Module, path: str | os.PathLike, output: str | os.PathLike, sampler: MaskSampler,
                      acceleration: float, crop_size: Sequence[int] | None = None,
                      device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Reconstruct every slice of ``path`` into ``output`` (see the module docstring); returns its report entry."""
-    shape = kspace_shape(path)
-    if len(shape) != 4:
-        raise FastMRIFileError(path, f"multi-coil k-space (slices, coils, H, W) expected, got {shape}")
-    stored = _stored_mask(path)
-    if stored is not None and stored.shape[-1] != shape[-1]:
-        raise FastMRIFileError(path, f"'mask' has {stored.shape[-1]} columns, 'kspace' {shape[-1]}")
+    """Reconstruct every slice of ``path`` into ``output`` (see the module docstring); returns its report entry.
+    The file is opened once; its own ``mask`` ``(W,)``, when it has one, is used for every slice."""
     images = []
-    for s in range(shape[0]):
-        kspace = read_slice(path, s)["kspace"]
-        mask = stored if stored is not None else sampler.fixed(kspace.shape[-2:], (Path(path).name, s), acceleration)[0]
-        target_shape = tuple(crop_size) if crop_size else kspace.shape[-2:]
-        example = prepare_example(kspace, mask, np.zeros(target_shape, np.float32))
-        images.append(varnet_reconstruct(network, example, device))
+    with open_fastmri(path) as f:
+        shape = tuple(int(n) for n in f["kspace"].shape)
+        if len(shape) != 4:
+            raise FastMRIFileError(path, f"multi-coil k-space (slices, coils, H, W) expected, got {shape}")
+        stored = np.asarray(f["mask"], dtype=bool).reshape(1, -1) if "mask" in f else None
+        if stored is not None and stored.shape[-1] != shape[-1]:
+            raise FastMRIFileError(path, f"'mask' has {stored.shape[-1]} columns, 'kspace' {shape[-1]}")
+        target_shape = tuple(crop_size) if crop_size else shape[-2:]
+        for s in range(shape[0]):
+            kspace = np.asarray(f["kspace"][s])
+            mask = stored if stored is not None else sampler.fixed(shape[-2:], (Path(path).name, s), acceleration)[0]
+            example = prepare_example(kspace, mask, np.zeros(target_shape, np.float32))
+            images.append(varnet_reconstruct(network, example, device))
     recon = np.stack(images).astype(np.float32)
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("reconstruction", data=recon)
