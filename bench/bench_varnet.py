@@ -50,8 +50,13 @@ def monai_varnet(num_cascades, features, sens_features):
                                    ComplexUnet(spatial_dims=2, features=tuple(features)), num_cascades=num_cascades)
 
 
+def train_sampler(size: int, seed: int = 0) -> MaskSampler:
+    """The study's training masks: equispaced, R in {4, 6, 8, 10}, centre fraction by image size."""
+    return MaskSampler("equispaced", [4, 6, 8, 10], 0.04 if size >= 128 else 0.08, seed=seed)
+
+
 def load_examples(folder: str, size: int, seed: int = 0) -> list[dict]:
-    sampler = MaskSampler("equispaced", [4, 6, 8, 10], 0.04 if size >= 128 else 0.08, seed=seed)
+    sampler = train_sampler(size, seed)
     rng = np.random.default_rng(seed)
     out = []
     for path in sorted(glob.glob(f"{folder}/train/*.h5")):
@@ -98,8 +103,7 @@ def train(net, examples, batch_size, slices, device, lr, warmup=3) -> tuple[floa
 
 def loader_ms(folder: str, size: int, augment: bool, repeats: int = 3) -> float:
     """Milliseconds per training item of ``FastMRISliceDataset`` (read, mask, optional augmentation, scaling)."""
-    sampler = MaskSampler("equispaced", [4, 6, 8, 10], 0.04 if size >= 128 else 0.08)
-    ds = FastMRISliceDataset(sorted(glob.glob(f"{folder}/train/*.h5")), sampler, augment=augment)
+    ds = FastMRISliceDataset(sorted(glob.glob(f"{folder}/train/*.h5")), train_sampler(size), augment=augment)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(repeats):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from scripts.core.metrics import bootstrap_ci, center_crop, nmse, psnr, slice_metrics, ssim, volume_metrics
+from scripts.core.metrics import bootstrap_ci, center_crop, group_means, nmse, psnr, slice_metrics, ssim, volume_metrics
 
 
 @pytest.fixture()
@@ -121,3 +121,8 @@ def test_cluster_bootstrap_resamples_subjects():
     assert med[1] <= med[0] <= med[2]
     with pytest.raises(ValueError, match="3 labels for 2 values"):
         bootstrap_ci([1.0, 2.0], groups=[0, 1, 2])
+
+
+def test_group_means():
+    assert group_means([1.0, 3.0, 10.0, -2.0], ["b", "b", "a", "c"]) == {"a": 10.0, "b": 2.0, "c": -2.0}
+    assert list(group_means([1.0, 2.0, 3.0], [2, 1, 2])) == [1, 2]

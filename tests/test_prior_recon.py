@@ -322,7 +322,8 @@ def test_real_test_set_leaves_phantoms_out(tmp_path):
 def test_published_ordering_is_judged_on_paired_differences(tmp_path):
     """``compare`` bootstraps per-slice differences over SUBJECTS: a consistent 1 dB lead is a win, noise is
     'no clear difference', and many slices of too few subjects give no verdict at all."""
-    from scripts.studies.prior_study import MIN_VERDICT_SUBJECTS, PriorStudy
+    from scripts.core.metrics import MIN_VERDICT_VOLUMES
+    from scripts.studies.prior_study import PriorStudy
 
     rng = np.random.default_rng(0)
     rows = []
@@ -343,7 +344,7 @@ def test_published_ordering_is_judged_on_paired_differences(tmp_path):
     assert verdicts[("l1_wavelet", "prior_magnitude")]["verdict"] == "no clear difference"
     assert all(c["n_slices"] == 24 and c["n_subjects"] == 6 for c in verdicts.values())
     few = [r for r in rows if r["volume"] in ("v0", "v1")]  # 8 slices, but 2 subjects
-    assert MIN_VERDICT_SUBJECTS > 2
+    assert MIN_VERDICT_VOLUMES > 2
     assert all(c["verdict"] == "too few subjects to judge (n=2)" for c in study.compare(few))
     summary = study.summarize([{**r, "acceleration": 8.0, "ssim": 0.5, "nmse": 0.1} for r in rows])
     assert {(r["slices"], r["volumes"]) for r in summary} == {(24, 6)}

@@ -26,6 +26,7 @@ __all__ = [
     "METRICS",
     "MIN_VERDICT_VOLUMES",
     "bootstrap_ci",
+    "group_means",
     "interval_table",
     "center_crop",
     "nmse",
@@ -106,6 +107,12 @@ def volume_metrics(gt_volume: np.ndarray, pred_volume: np.ndarray) -> dict[str, 
 # Fewer volumes (subjects) than this and a cluster bootstrap has almost no distinct resamples (with 2 volumes
 # its 95 % interval is their range): reports then give the per-volume values and no verdict.
 MIN_VERDICT_VOLUMES = 5
+
+
+def group_means(values: Sequence[float] | np.ndarray, groups: Sequence[Any]) -> dict[Any, float]:
+    """The mean of ``values`` per group label (e.g. a paired difference per subject), in sorted label order."""
+    x, g = np.asarray(values, dtype=np.float64).ravel(), np.asarray(groups, dtype=object).ravel()
+    return {label: float(x[g == label].mean()) for label in sorted(set(g.tolist()))}
 
 
 def bootstrap_ci(

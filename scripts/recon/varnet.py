@@ -284,7 +284,7 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, s = self.index[i]
         data = read_slice(path, s, keys=("kspace", "reconstruction_rss"))
-        kspace = data["kspace"]
+        kspace, target = data["kspace"], data.get("reconstruction_rss")
         shape = kspace.shape[-2:]
         if self.fixed_masks:
             mask, accel = self.mask_sampler.fixed(shape, (Path(path).name, s), self.acceleration)
@@ -292,10 +292,9 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             mask, accel = self.mask_sampler.random(shape, rng)
             if self.augment:
-                target = data.get("reconstruction_rss")
                 ops = self.augment_ops(shape, None if target is None else target.shape)
-                kspace, data["reconstruction_rss"] = augment_slice(kspace, target, ops[int(rng.integers(len(ops)))])
-        example = prepare_example(kspace, mask, data.get("reconstruction_rss"), self.crop_size)
+                kspace, target = augment_slice(kspace, target, ops[int(rng.integers(len(ops)))])
+        example = prepare_example(kspace, mask, target, self.crop_size)
         example.update(fname=Path(path).name, slice=s, acceleration=float(accel))
         return example
 

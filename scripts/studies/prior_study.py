@@ -60,7 +60,7 @@ import torch
 from scripts.io.checkpoint import checkpoint_iteration
 from scripts.io.tables import write_csv
 from scripts.core.masks import MASK_PATTERNS, default_calib_lines, pattern_mask
-from scripts.core.metrics import MIN_VERDICT_VOLUMES, bootstrap_ci, interval_table, slice_metrics
+from scripts.core.metrics import MIN_VERDICT_VOLUMES, bootstrap_ci, group_means, interval_table, slice_metrics
 from scripts.core.sense import SenseOp, zero_filled
 from scripts.io.real_data import is_phantom
 from scripts.recon.cases import ReconCase, espirit_dataset, make_case, read_kspace
@@ -75,7 +75,6 @@ __all__ = ["PriorStudy"]
 
 logger = logging.getLogger(__name__)
 METHODS_BASE = ("zero_filled", "l1_wavelet")
-MIN_VERDICT_SUBJECTS = MIN_VERDICT_VOLUMES  # fewer test subjects than this: the report states the difference, no verdict
 SMOKE_ITERATIONS = 1000  # below this a prior is untrained: the report says its numbers are a pipeline check
 # the published finding, as pairs "first beats second": phase-augmented prior > L1-wavelet > magnitude-only prior
 PUBLISHED_ORDER = (("prior_augmented", "l1_wavelet"), ("l1_wavelet", "prior_magnitude"), ("prior_augmented", "prior_complex"))
@@ -501,7 +500,7 @@ class PriorStudy:
         ordering), per test set and pattern: mean over slices and a 95 % CI that resamples SUBJECTS (volumes;
         their slices are correlated), and in how many subjects ``a`` is ahead on average. ``verdict`` is
         ``"a > b"`` when the interval is above 0, ``"a < b"`` below, else ``"no clear difference"``; none with
-        fewer than ``MIN_VERDICT_SUBJECTS`` subjects."""
+        fewer than ``MIN_VERDICT_VOLUMES`` subjects."""
         out = []
         groups = sorted({(r["test_set"], r["pattern"]) for r in rows}, key=lambda k: (k[0] != "simulated", k[1]))
         for test_set, pattern in groups:
@@ -516,8 +515,8 @@ class PriorStudy:
                 diff = np.array([by[a][k] - by[b][k] for k in keys])
                 subjects = [k[0] for k in keys]
                 mean, lo, hi = bootstrap_ci(diff, n=self.n_boot, seed=self.seed, groups=subjects)
-                per_subject = [diff[[s == v for s in subjects]].mean() for v in sorted(set(subjects))]
-                if len(per_subject) < MIN_VERDICT_SUBJECTS:  # a bootstrap of 2-4 subjects has almost no distinct resamples
+                per_subject = list(group_means(diff, subjects).values())
+                if len(per_subject) < MIN_VERDICT_VOLUMES:  # a bootstrap of 2-4 subjects has almost no distinct resamples
                     verdict = f"too few subjects to judge (n={len(per_subject)})"
                 else:
                     verdict = f"{a} > {b}" if lo > 0 else f"{a} < {b}" if hi < 0 else "no clear difference"
@@ -633,7 +632,7 @@ class PriorStudy:
             lines += ["", "The published finding is prior_augmented > l1_wavelet > prior_magnitude; prior_augmented vs "
                       "prior_complex asks how much of the ground-truth prior the synthetic phase recovers. Slices of one "
                       "subject are correlated, so the intervals resample subjects, not slices, and no verdict is drawn "
-                      f"from fewer than {MIN_VERDICT_SUBJECTS} subjects (the real set especially); an interval that "
+                      f"from fewer than {MIN_VERDICT_VOLUMES} subjects (the real set especially); an interval that "
                       "contains 0 means the data cannot tell.", ""]
         lines += ["## Generator realism (prior samples vs held-out true complex images)", "",
                   "| generator | n reference | n synthetic | phase-gradient W1 (rad/px) | phasor-spectrum W1 | two-sample AUROC | compared with |",

@@ -96,15 +96,14 @@ def _bar(diff: float, apart: bool, higher_ssim: bool, pairs: Sequence[tuple[Mapp
     """The bar over zero-filled (>= 2 dB, intervals apart, higher SSIM), or, from fewer than
     ``MIN_VERDICT_VOLUMES`` volumes (``file`` of the ``(VarNet, zero-filled)`` slice ``pairs``), the
     mean PSNR gap per volume and in how many the VarNet is ahead: no verdict."""
-    from scripts.core.metrics import MIN_VERDICT_VOLUMES
+    from scripts.core.metrics import MIN_VERDICT_VOLUMES, group_means
 
-    files = sorted({a["file"] for a, _ in pairs})
-    if len(files) >= MIN_VERDICT_VOLUMES:
+    gaps = group_means([a["psnr"] - b["psnr"] for a, b in pairs], [a["file"] for a, _ in pairs])
+    if len(gaps) >= MIN_VERDICT_VOLUMES:
         return f"bar (>= 2 dB, apart, higher SSIM) {'met' if diff >= 2 and apart and higher_ssim else 'NOT met'}"
-    gaps = {f: float(np.mean([a["psnr"] - b["psnr"] for a, b in pairs if a["file"] == f])) for f in files}
     ahead = sum(g > 0 for g in gaps.values())
     return (f"per volume {', '.join(f'{Path(f).stem} {g:+.2f}' for f, g in gaps.items())} dB (ahead in {ahead} of "
-            f"{len(files)}); too few volumes for the bar (n={len(files)} < {MIN_VERDICT_VOLUMES}: the intervals "
+            f"{len(gaps)}); too few volumes for the bar (n={len(gaps)} < {MIN_VERDICT_VOLUMES}: the intervals "
             "are about their range)")
 
 
