@@ -54,7 +54,7 @@ def test_no_monai_generative():
 
 # Override files are used on top of a base: --config_file "['configs/<base>','configs/<overlay>']".
 OVERLAYS = {"multi_gpu_train.json": "train.json", "multi_gpu_train_varnet.json": "train_varnet.json", "study_full.json": "study.json", "study_gpu.json": "study.json",
-            "study_fastmri.json": "study.json",
+            "study_fastmri.json": "study.json", "study_cpu_long.json": "study.json",
             "prior_study_cpu64.json": "prior_study.json", "prior_study_full.json": "prior_study.json"}
 
 

@@ -14,8 +14,8 @@ from scripts.recon.varnet import build_varnet, varnet_profile
 from test_study import TINY
 
 PROFILES = {"study": ["study.json"], "study_full": ["study.json", "study_full.json"],
-            "study_gpu": ["study.json", "study_gpu.json"]}
-CASCADES = {"study": 4, "study_gpu": 8, "study_full": 12}
+            "study_gpu": ["study.json", "study_gpu.json"], "study_cpu_long": ["study.json", "study_cpu_long.json"]}
+CASCADES = {"study": 4, "study_gpu": 8, "study_full": 12, "study_cpu_long": 8}
 
 
 def _study(files, bundle_root):

@@ -32,7 +32,7 @@ def _example(size: int, coils: int, acceleration: float = 4, seed: int = 0) -> d
     return prepare_example(kspace, mask)
 
 
-@pytest.mark.parametrize("profile, size, coils", [("cpu", 64, 4), ("full", 64, 4), ("full", 256, 16)])
+@pytest.mark.parametrize("profile, size, coils", [("cpu", 64, 4), ("cpu_deep", 64, 4), ("full", 64, 4), ("full", 256, 16)])
 def test_output_on_the_target_scale_at_initialisation(profile, size, coils):
     """MONAI's VariationalNetworkModel started at 1.9x / 10x / 127x the target here; each cascade now starts as pure
     data consistency, so the untrained network returns the zero-filled image."""

@@ -98,8 +98,8 @@ BEST_CHECKPOINT = "model.pt"
 # network
 # ----------------------------------------------------------------------------------------------------------------------
 def varnet_profile(name: str = "cpu") -> dict[str, Any]:
-    """The :func:`build_varnet` kwargs of profile ``name`` (``"cpu"``, ``"full"``), defined once, in
-    ``configs/train_varnet.json#varnet_profiles``."""
+    """The :func:`build_varnet` kwargs of profile ``name`` (``"cpu"``, ``"cpu_deep"``, ``"gpu"``, ``"full"``),
+    defined once, in ``configs/train_varnet.json#varnet_profiles``."""
     profiles = json.loads((CONFIG_DIR / "train_varnet.json").read_text())["varnet_profiles"]
     if name not in profiles:
         raise ValueError(f"unknown VarNet profile {name!r}; configs/train_varnet.json has {sorted(profiles)}")
@@ -523,8 +523,9 @@ def train_varnet(
         epoch_length: iterations per epoch (``None`` = one pass over the training slices).
         seed: torch/numpy seed, also the base of the fixed validation masks.
         crop_size: centre crop of target/output, e.g. ``(320, 320)`` for fastMRI brain.
-        varnet_profile: ``"cpu"`` (4 cascades, small), ``"gpu"`` (8 cascades, medium: configs/study_gpu.json) or
-            ``"full"`` (MONAI tutorial size);
+        varnet_profile: ``"cpu"`` (4 cascades, small), ``"cpu_deep"`` (8 cascades of a slimmer U-Net, 1.7x the
+            time of ``"cpu"`` at 64 px: configs/study_cpu_long.json), ``"gpu"`` (8 cascades, medium:
+            configs/study_gpu.json) or ``"full"`` (MONAI tutorial size);
             ``varnet_kwargs`` overrides it entirely.
         resume: continue from the latest checkpoint in ``output_dir`` when there is one.
         overrides: any other config id, e.g. ``checkpoint_interval=50``, ``val_max_slices=20``.
