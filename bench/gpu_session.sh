@@ -17,6 +17,7 @@ MODE=${1:-bench}
 OUT=${OUT:-/tmp/gpu_session}
 RUN=${RUN:-/tmp/gpu_run}
 TINY=${TINY:-0}
+PCT=${PCT:-100}  # every stage's time limit scaled to this percentage (a shorter second call when device time is short)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ -d .whl ] && ! python3 -c "import monai, sigpy, ptwt, nilearn" 2>/dev/null; then
@@ -26,7 +27,7 @@ fi
 (nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 || echo "no GPU"; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())") | tee "$OUT/summary.txt"
 
 stage() {  # stage NAME SECONDS COMMAND...: its output in $OUT/NAME.log, its exit status and time in $OUT/summary.txt
-    local name=$1 limit=$2; shift 2
+    local name=$1 limit=$(($2 * PCT / 100)); shift 2
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
