@@ -52,7 +52,7 @@ from scripts.core.espirit import acs_box, espirit_calib
 from scripts.core.masks import DEFAULT_ACCELERATIONS, DEFAULT_CENTER_FRACTION, MaskSampler, effective_acceleration
 from scripts.core.metrics import METRICS, center_crop, interval_table, slice_metrics, volume_metrics
 from scripts.recon.l1 import l1_wavelet_batch
-from scripts.recon.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct
+from scripts.recon.varnet import list_h5, load_varnet, prepare_example, varnet_reconstruct_batch
 from scripts.synthesis.synthesize import NoUsableInput, reject_input
 
 __all__ = [
@@ -96,17 +96,19 @@ def acs_espirit_maps(
     return espirit_calib(masked_kspace, (top, bottom, left, right), kw, thresh, crop, max_iter)
 
 
-def l1_wavelet_images(kspace: np.ndarray, masks: Sequence[np.ndarray], scales: Sequence[float], shape: Sequence[int],
-                      lamda: float, max_iter: int = 100, espirit: Mapping[str, Any] | None = None,
+def l1_wavelet_images(kspace: np.ndarray | Sequence[np.ndarray], masks: Sequence[np.ndarray], scales: Sequence[float],
+                      shape: Sequence[int], lamda: float, max_iter: int = 100, espirit: Mapping[str, Any] | None = None,
                       device: str | torch.device = "cpu", where: str = "") -> list[np.ndarray]:
-    """The evaluation's L1-wavelet images of one slice's k-space ``(C, H, W)`` under each of ``masks``, in one
-    batch on ``device``: k-space divided by its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`),
-    :func:`scripts.recon.l1.l1_wavelet_batch`, the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled
-    back. A mask whose ACS is too small for ESPIRiT gives a NaN image and a warning naming ``where``."""
-    rows = [np.asarray(m, dtype=np.float32).reshape(-1, kspace.shape[-1]) for m in masks]  # (1 or H, W)
+    """The evaluation's L1-wavelet images of k-space ``(C, H, W)`` under each of ``masks``, in one batch on
+    ``device``: one slice's k-space for every mask, or one k-space per mask (slices of one shape); each divided by
+    its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`), :func:`scripts.recon.l1.l1_wavelet_batch`,
+    the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled back. A mask whose ACS is too small for ESPIRiT
+    gives a NaN image and a warning naming ``where``."""
+    kspaces = [kspace] * len(masks) if isinstance(kspace, np.ndarray) else list(kspace)
+    rows = [np.asarray(m, dtype=np.float32).reshape(-1, kspaces[0].shape[-1]) for m in masks]  # (1 or H, W)
     batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    for i, (m, scale) in enumerate(zip(rows, scales)):
-        masked = torch.from_numpy((kspace * m).astype(np.complex64) / np.float32(scale)).to(device)
+    for i, (k, m, scale) in enumerate(zip(kspaces, rows, scales)):
+        masked = torch.from_numpy((k * m).astype(np.complex64) / np.float32(scale)).to(device)
         try:
             batch.append((i, masked, acs_espirit_maps(masked, masks[i], **dict(espirit or {}))))
         except ValueError as e:  # an ACS too small for ESPIRiT: NaN metrics, not a failed study
@@ -200,6 +202,7 @@ def evaluate_varnet(
     device: str | torch.device = "cpu",
     max_slices_per_volume: int | None = None,
     n_bootstrap: int = 1000,
+    batch_size: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Evaluate a VarNet checkpoint (and the reference methods) on a fixed test set.
 
@@ -219,6 +222,8 @@ def evaluate_varnet(
         l1_lambda / l1_max_iter / espirit: L1-wavelet regularisation weight, iterations and
             :func:`acs_espirit_maps` kwargs.
         max_slices_per_volume: evaluate only the first N slices of each volume.
+        batch_size: (slice, R) items of one file reconstructed together by VarNet and by L1-wavelet (default: the
+            number of accelerations, one slice at every R); a GPU wants tens, a CPU's memory few at 256 px or more.
     Returns:
         ``{"slices": [...], "volumes": [...], "summary": [...], "skipped": [...]}``: lists of plain dict rows with
         ``label, method, acceleration, mask_type, center_fraction, file, [slice], nmse, psnr, ssim``, and the
@@ -240,6 +245,9 @@ def evaluate_varnet(
             network = load_varnet(checkpoint, varnet_kwargs, device=device)
         network = network.to(device).eval()
     accelerations = [float(a) for a in accelerations]
+    batch_size = len(accelerations) if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     sampler = MaskSampler(mask_type, accelerations, center_fraction, seed=seed)
     files, root = _test_files(test_dir)
 
@@ -257,34 +265,44 @@ def evaluate_varnet(
         rows: list[dict[str, Any]] = []
         volumes: list[dict[str, Any]] = []
         accels: dict[tuple[float, int], float] = {}
+        pending: list[tuple[int, float, dict[str, Any], np.ndarray, np.ndarray]] = []  # (slice, R, example, kspace, mask)
+
+        def run_batch() -> None:
+            """The learned and L1-wavelet images of the pending (slice, R) items, in one batch each."""
+            if "varnet" in methods:
+                t0 = time.perf_counter()
+                images = varnet_reconstruct_batch(network, [item[2] for item in pending], device)
+                for (_, r, *_), image in zip(pending, images):
+                    preds[("varnet", r)].append(image)
+                    seconds[("varnet", r)] += (time.perf_counter() - t0) / len(pending)
+            if "l1_wavelet" in methods:
+                t0 = time.perf_counter()
+                where = f"{name} slice(s) {pending[0][0]}-{pending[-1][0]}"
+                images = l1_wavelet_images([item[3] for item in pending], [item[4] for item in pending],
+                                           [float(item[2]["scale"]) for item in pending], gt_slices[0].shape, l1_lambda,
+                                           l1_max_iter, espirit, device, where)
+                for (_, r, *_), image in zip(pending, images):
+                    preds[("l1_wavelet", r)].append(image)
+                    seconds[("l1_wavelet", r)] += (time.perf_counter() - t0) / len(pending)
+            pending.clear()
+
         for s in range(count):
             data = read_slice(path, s, keys=("kspace", "reconstruction_rss"))
             kspace = data["kspace"] if data["kspace"].ndim == 3 else data["kspace"][None]
             target = data.get("reconstruction_rss")
-            gt = None
-            masks, scales = [], []
             for r in accelerations:
                 mask, _ = sampler.fixed(kspace.shape[-2:], (name, s), r)
                 accels[(r, s)] = effective_acceleration(mask)
                 example = prepare_example(kspace, mask, target, crop_size)
-                masks.append(mask)
-                scales.append(float(example["scale"]))
-                if gt is None:
-                    gt = (example["target"] * example["scale"]).numpy()
-                    gt_slices.append(gt)
-                if "varnet" in methods:
-                    t0 = time.perf_counter()
-                    preds[("varnet", r)].append(varnet_reconstruct(network, example, device))
-                    seconds[("varnet", r)] += time.perf_counter() - t0
+                if len(gt_slices) == s:
+                    gt_slices.append((example["target"] * example["scale"]).numpy())
                 if "zero_filled" in methods:
                     preds[("zero_filled", r)].append(example["zero_filled"].numpy())
-            if "l1_wavelet" in methods:  # every R of the slice in one batch
-                t0 = time.perf_counter()
-                images = l1_wavelet_images(kspace, masks, scales, gt.shape, l1_lambda, l1_max_iter, espirit, device,
-                                           f"{name} slice {s}")
-                for r, image in zip(accelerations, images):
-                    preds[("l1_wavelet", r)].append(image)
-                    seconds[("l1_wavelet", r)] += (time.perf_counter() - t0) / len(accelerations)
+                pending.append((s, r, example, kspace, mask))
+                if len(pending) >= batch_size:
+                    run_batch()
+        if pending:
+            run_batch()
         gt_volume = np.stack(gt_slices)
         for (method, r), images in preds.items():
             pred_volume = np.stack(images)

@@ -86,6 +86,7 @@ __all__ = [
     "read_network_spec",
     "train_varnet",
     "varnet_reconstruct",
+    "varnet_reconstruct_batch",
     "varnet_profile",
     "write_network_spec",
 ]
@@ -362,16 +363,24 @@ def prepare_varnet_batch(
 
 
 @torch.no_grad()
+def varnet_reconstruct_batch(
+    network: nn.Module, examples: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu"
+) -> list[np.ndarray]:
+    """Run ``network`` once on :func:`prepare_example` outputs of one k-space shape (each with its own mask):
+    the RSS magnitudes in file units, each cropped to its target."""
+    kspace = torch.stack([e["kspace"] for e in examples]).to(device)
+    mask = torch.stack([e["mask"] for e in examples]).to(device)
+    out = network(kspace, mask)
+    out = out[:, 0] if out.ndim == 4 else out  # (B, 1, H, W) when built with channel_dim
+    return [(center_crop_t(o, e["target"].shape) * e["scale"].to(o.device)).float().cpu().numpy()
+            for o, e in zip(out, examples)]
+
+
 def varnet_reconstruct(
     network: nn.Module, example: Mapping[str, Any], device: str | torch.device = "cpu"
 ) -> np.ndarray:
     """Run ``network`` on one :func:`prepare_example` output: the RSS magnitude in file units, cropped to the target."""
-    kspace = example["kspace"][None].to(device)
-    mask = example["mask"][None].to(device)
-    out = network(kspace, mask)
-    out = out[0, 0] if out.ndim == 4 else out[0]  # (B, 1, H, W) when built with channel_dim
-    out = center_crop_t(out, example["target"].shape) * example["scale"].to(out.device)
-    return out.float().cpu().numpy()
+    return varnet_reconstruct_batch(network, [example], device)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
