@@ -96,6 +96,7 @@ def throughput(args, work: Path) -> dict:
         floors["fft_floor_device_s"] = best_of(device_fft) * volumes
     report = {k: round(v, 3) for k, v in floors.items()}
     report["device"] = args.device
+    print(json.dumps({"floors": report}), flush=True)  # each figure as it comes: a stage timeout keeps what was measured
     for name, kw in VARIANTS.items():
         settings = {"phase_source": "zero", "num_coils": args.coils, "image_size": args.size, "noise_std": args.noise_std,
                     "device": args.device, **kw}
@@ -114,6 +115,7 @@ def throughput(args, work: Path) -> dict:
                            if "fft_floor_device_s" in floors else {}),
                         "stages_s": {k: round(v, 3) for k, v in sorted(synth.timings.items())},
                         "other_s": round(total - sum(synth.timings.values()), 3)}
+        print(json.dumps({name: report[name]}), flush=True)
     fastmri_h5.rss = numpy_rss
     return report
 

@@ -150,20 +150,16 @@ def main() -> None:
                 theirs = monai_varnet(**sizes).eval()
                 line += f", MONAI VariationalNetworkModel {float(theirs(ex['kspace'][None], ex['mask'][None]).max() / ex['target'].max()):.2f}"
         print(line)
-        rows = []
-        for bs in args.batches:
-            torch.manual_seed(0)
-            step, loss = train(build_varnet(**sizes), examples, bs, args.slices, device, args.lr)
-            rows.append((f"b{bs}", bs, step, loss))
-        if not args.skip_monai:
-            torch.manual_seed(0)
-            step, loss = train(monai_varnet(**sizes), examples, 1, args.slices, device, args.lr)
-            rows.append(("monai b1", 1, step, loss))
-        base_speed, base_loss = rows[0][1] / rows[0][2], rows[0][3]
+        runs = [(f"b{bs}", bs, build_varnet) for bs in args.batches]
+        runs += [] if args.skip_monai else [("monai b1", 1, monai_varnet)]
         print(f"{'':10} {'s/step':>8} {'slices/s':>9} {'x b1':>6} {'loss':>8} {'x b1':>6}   ({args.slices} slices each)")
-        for name, bs, step, loss in rows:
+        base = None
+        for name, bs, build in runs:  # each row as it comes: a time limit keeps the rows already measured
+            torch.manual_seed(0)
+            step, loss = train(build(**sizes), examples, bs, args.slices, device, args.lr)
             speed = bs / step
-            print(f"{name:10} {step:8.3f} {speed:9.1f} {speed / base_speed:6.2f} {loss:8.4f} {loss / base_loss:6.2f}")
+            base = base or (speed, loss)
+            print(f"{name:10} {step:8.3f} {speed:9.1f} {speed / base[0]:6.2f} {loss:8.4f} {loss / base[1]:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # stage status and times), one log per stage, the study's report.md. The study's own files stay in $RUN.
 #
 #   bash bench/gpu_session.sh study     # on the GPU machine (carry .whl and .gpu_data): 9 min at most
-#   bash bench/gpu_session.sh bench     # a second call if device time is left (carry .whl): 3.5 min at most
+#   bash bench/gpu_session.sh bench     # a second call if device time is left (carry .whl): 4.5 min at most
 #   TINY=1 OUT=/tmp/dry bash bench/gpu_session.sh all  # the CPU dry run at tiny size (a minute)
 # One device command may run 10 minutes and a session has 15 minutes of device time, start included: run
 # "study" first (the issue's deliverable), then "bench".
@@ -42,14 +42,14 @@ if [ "$TINY" = 1 ]; then
 else
     BENCH_ARGS=(--size 256 --coils 16 --batch 16 --sample-batch 64 --unet 64 128 256 256 --attention 0 0 1 1 --head-channels 64 --sim-subjects 8 --sim-slices 8 --workers 12)
     SYN_ARGS=(--size 256 --coils 16 --slices 100)
-    VARNET_ARGS=(--profiles gpu full --size 128 --coils 8 --batches 1 16 --slices 320 --skip_monai)
+    VARNET_ARGS=(--profiles gpu --size 128 --coils 8 --batches 1 16 64 --slices 192 --skip_monai)
     STUDY_FILES="['configs/study.json','configs/study_gpu.json']"
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     stage bench_device 100 python3 bench/bench_device.py "${BENCH_ARGS[@]}" 
-    stage bench_synthesize 40 python3 bench/bench_synthesize.py "${SYN_ARGS[@]}" --device "$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")" --skip memory bank
-    stage bench_varnet 70 python3 bench/bench_varnet.py "${VARNET_ARGS[@]}"
+    stage bench_synthesize 60 python3 bench/bench_synthesize.py "${SYN_ARGS[@]}" --device "$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")" --skip memory bank
+    stage bench_varnet 100 python3 bench/bench_varnet.py "${VARNET_ARGS[@]}"
 fi
 if [ "$MODE" = study ] || [ "$MODE" = all ]; then
     REAL=.gpu_data/real_complex/brain_4coil
