@@ -10,11 +10,12 @@ its slices, all on the RSS magnitude centre-cropped to ``crop_size`` (or to the 
 
 Methods:
 
-- ``varnet``: the trained network (:func:`scripts.recon.varnet.load_varnet`);
+- ``varnet``: the trained network (:func:`scripts.recon.varnet.load_varnet`), ``batch_size`` (slice, R) items of a
+  file per forward pass, each with its own mask;
 - ``zero_filled``: RSS of the inverse FFT of the masked k-space;
 - ``l1_wavelet`` (NaN rows, with a warning, where the ACS is too small for ESPIRiT, e.g.
   one column at 32 px and centre fraction 0.04): :func:`l1_wavelet_images` (Daubechies-4 wavelets, ``lamda`` from
-  the config; every R of a slice in one batch, on the evaluation's ``device``) with ESPIRiT maps (:func:`acs_espirit_maps`) on the fully
+  the config; ``batch_size`` (slice, R) items of a file in one batch, on the evaluation's ``device``) with ESPIRiT maps (:func:`acs_espirit_maps`) on the fully
   sampled centre (ACS) of the same masked k-space; its image is shown as the RSS of the
   coil images ``S_c x`` so it is comparable with the RSS ground truth. The k-space is
   divided by the same per-slice factor as the VarNet input (max of the zero-filled RSS),
