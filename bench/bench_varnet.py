@@ -75,12 +75,18 @@ def batches(examples: list[dict], batch_size: int, steps: int, seed: int = 0):
                torch.stack([e["target"] for e in pick]))
 
 
+def train_steps(batch_size: int, slices: int, warmup: int = 3) -> int:
+    """Steps of one bench row: ``slices`` training slices, at least ``warmup`` + 10 steps (the loss is the mean of
+    the last 10)."""
+    return max(warmup + 10, slices // batch_size)
+
+
 def train(net, examples, batch_size, slices, device, lr, warmup=3) -> tuple[float, float]:
     """(seconds per step after ``warmup`` steps, mean loss of the last 10 steps) for ``slices`` training slices."""
     net = net.to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = VarNetLoss()
-    steps = max(warmup + 10, slices // batch_size)
+    steps = train_steps(batch_size, slices, warmup)
     losses, t0 = [], None
     for i, (k, m, t) in enumerate(batches(examples, batch_size, steps)):
         if i == warmup:
@@ -152,14 +158,16 @@ def main() -> None:
         print(line)
         runs = [(f"b{bs}", bs, build_varnet) for bs in args.batches]
         runs += [] if args.skip_monai else [("monai b1", 1, monai_varnet)]
-        print(f"{'':10} {'s/step':>8} {'slices/s':>9} {'x b1':>6} {'loss':>8} {'x b1':>6}   ({args.slices} slices each)")
+        print(f"{'':10} {'s/step':>8} {'slices/s':>9} {'x b1':>6} {'loss':>8} {'x b1':>6} {'slices':>7}")
         base = None
         for name, bs, build in runs:  # each row as it comes: a time limit keeps the rows already measured
             torch.manual_seed(0)
             step, loss = train(build(**sizes), examples, bs, args.slices, device, args.lr)
             speed = bs / step
             base = base or (speed, loss)
-            print(f"{name:10} {step:8.3f} {speed:9.1f} {speed / base[0]:6.2f} {loss:8.4f} {loss / base[1]:6.2f}", flush=True)
+            seen = bs * train_steps(bs, args.slices)
+            print(f"{name:10} {step:8.3f} {speed:9.1f} {speed / base[0]:6.2f} {loss:8.4f} {loss / base[1]:6.2f} {seen:7d}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ OUT=${OUT:-/tmp/gpu_session}
 RUN=${RUN:-/tmp/gpu_run}
 TINY=${TINY:-0}
 PCT=${PCT:-100}  # every stage's time limit scaled to this percentage (a shorter second call when device time is short)
+[[ $PCT =~ ^[0-9]+$ ]] && (( PCT >= 10 )) || { echo "PCT must be a whole percentage of at least 10, got '$PCT'"; exit 1; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ -d .whl ] && ! python3 -c "import monai, sigpy, ptwt, nilearn" 2>/dev/null; then

@@ -114,7 +114,7 @@ def test_dataset_streams_slices_and_scales(dataset_dir):
     assert float(item["zero_filled"].max()) == pytest.approx(float(item["scale"]), rel=1e-5)  # scale = zero-filled max
     again = FastMRISliceDataset(files, MaskSampler("equispaced", [4], 0.08), crop_size=(40, 40), fixed_masks=True)[3]
     assert torch.equal(item["mask"], again["mask"])
-    assert ds.shapes == [(SIZE, SIZE)] * 4
+    assert ds.shapes == [(COILS, SIZE, SIZE)] * 4  # batches group items of one k-space shape, coil count included
     batch = torch.utils.data.default_collate([item, ds[0]])
     kspace, target, (mask,), kwargs = prepare_varnet_batch(batch, "cpu")
     assert tuple(mask.shape) == (2, 1, 1, SIZE, 1) and tuple(kspace.shape) == (2, COILS, SIZE, SIZE, 2) and kwargs == {}
@@ -307,6 +307,32 @@ def test_evaluator_batches_across_slices_with_the_same_numbers(dataset_dir, trai
             assert b[m] == pytest.approx(a[m], rel=1e-4, abs=1e-6), (a["method"], a["acceleration"], m)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_varnet(trained, dataset_dir, batch_size=0, **kwargs)
+
+
+def test_l1_images_batch_keeps_each_items_place_when_espirit_fails_for_one(dataset_dir, caplog):
+    """One k-space per mask: the item whose ACS is one column gets a NaN image and a warning naming it, the
+    others their own image (as computed alone); mismatched lists are refused."""
+    from scripts.io.fastmri_h5 import read_slice
+    from scripts.recon.evaluate import l1_wavelet_images
+
+    kspaces = [read_slice(f, s, ("kspace",))["kspace"] for f in list_h5(dataset_dir, "train")[:1] for s in range(2)]
+    good = np.zeros((1, SIZE), dtype=bool)
+    good[:, ::2] = True
+    good[:, SIZE // 2 - 4 : SIZE // 2 + 4] = True
+    bad = np.zeros((1, SIZE), dtype=bool)
+    bad[:, ::2] = True
+    bad[:, SIZE // 2 - 1 : SIZE // 2 + 1] = False
+    bad[:, SIZE // 2] = True  # a 1-column ACS: too small for ESPIRiT
+    args = ((SIZE, SIZE), 0.003, 10)
+    with caplog.at_level("WARNING"):
+        images = l1_wavelet_images([kspaces[0]] + kspaces, [bad, good, good], [1.0, 2.0, 1.0], *args,
+                                   where=["a R=4", "a R=2", "b R=2"])
+    alone = l1_wavelet_images(kspaces[1], [good], [1.0], *args)[0]
+    assert np.isnan(images[0]).all() and np.isfinite(images[1]).all() and np.isfinite(images[2]).all()
+    np.testing.assert_allclose(images[2], alone, rtol=1e-4, atol=1e-5 * float(alone.max()))
+    assert "a R=4" in caplog.text and "R=2" not in caplog.text
+    with pytest.raises(ValueError, match="one each per image"):
+        l1_wavelet_images(kspaces, [good], [1.0], *args)
 
 
 def test_summary_intervals_resample_volumes():

@@ -26,8 +26,8 @@ Outputs (``output_dir``): ``slice_metrics.csv``, ``volume_metrics.csv``, ``summa
 bootstrap over volumes, ``skipped_files``) and ``skipped.json``, written by :func:`evaluate_varnet`.
 
 Input boundary (the rule of ``synthesize`` and ``inference``): whatever one test file raises (not HDF5,
-no or malformed ``kspace``, a method failing on one of its slices; not ``MemoryError``) skips that file
-only: one log line ``<key>: <reason>`` (:func:`scripts.synthesis.synthesize.reject_input`: the anonymous
+no or malformed ``kspace``, a method failing on one of its slices; not ``MemoryError`` or a GPU out-of-memory
+error) skips that file only: one log line ``<key>: <reason>`` (:func:`scripts.synthesis.synthesize.reject_input`: the anonymous
 input key, the cause with paths scrubbed), an entry ``{"input": key, "reason": ...}`` in ``skipped.json``,
 its count in every summary row; the metrics are computed on the other files. A missing or empty
 ``test_dir``, or a run whose files all failed, ends with :class:`scripts.synthesis.synthesize.NoUsableInput`
@@ -99,13 +99,19 @@ def acs_espirit_maps(
 
 def l1_wavelet_images(kspace: np.ndarray | Sequence[np.ndarray], masks: Sequence[np.ndarray], scales: Sequence[float],
                       shape: Sequence[int], lamda: float, max_iter: int = 100, espirit: Mapping[str, Any] | None = None,
-                      device: str | torch.device = "cpu", where: str = "") -> list[np.ndarray]:
+                      device: str | torch.device = "cpu", where: str | Sequence[str] = "") -> list[np.ndarray]:
     """The evaluation's L1-wavelet images of k-space ``(C, H, W)`` under each of ``masks``, in one batch on
-    ``device``: one slice's k-space for every mask, or one k-space per mask (slices of one shape); each divided by
-    its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`), :func:`scripts.recon.l1.l1_wavelet_batch`,
-    the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled back. A mask whose ACS is too small for ESPIRiT
-    gives a NaN image and a warning naming ``where``."""
-    kspaces = [kspace] * len(masks) if isinstance(kspace, np.ndarray) else list(kspace)
+    ``device``: one slice's k-space for every mask, or one k-space per mask (a list, or an array ``(N, C, H, W)``
+    of slices of one shape); each divided by its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`),
+    :func:`scripts.recon.l1.l1_wavelet_batch`, the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled back.
+    A mask whose ACS is too small for ESPIRiT gives a NaN image and a warning naming its ``where`` entry (one
+    label per mask, or one for all)."""
+    one = isinstance(kspace, np.ndarray) and kspace.ndim < 4
+    kspaces = [kspace] * len(masks) if one else list(kspace)
+    wheres = [where] * len(masks) if isinstance(where, str) else list(where)
+    if not len(kspaces) == len(masks) == len(scales) == len(wheres):
+        raise ValueError(f"l1_wavelet_images: {len(kspaces)} k-spaces, {len(masks)} masks, {len(scales)} scales and "
+                         f"{len(wheres)} labels: one each per image")
     rows = [np.asarray(m, dtype=np.float32).reshape(-1, kspaces[0].shape[-1]) for m in masks]  # (1 or H, W)
     batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     for i, (k, m, scale) in enumerate(zip(kspaces, rows, scales)):
@@ -113,7 +119,7 @@ def l1_wavelet_images(kspace: np.ndarray | Sequence[np.ndarray], masks: Sequence
         try:
             batch.append((i, masked, acs_espirit_maps(masked, masks[i], **dict(espirit or {}))))
         except ValueError as e:  # an ACS too small for ESPIRiT: NaN metrics, not a failed study
-            logger.warning("l1_wavelet skipped for %s: %s", where, e)
+            logger.warning("l1_wavelet skipped for %s: %s", wheres[i], e)
     images = [np.full(tuple(shape), np.nan, dtype=np.float32) for _ in masks]
     if batch:
         idx, k, maps = zip(*batch)
@@ -270,21 +276,21 @@ def evaluate_varnet(
 
         def run_batch() -> None:
             """The learned and L1-wavelet images of the pending (slice, R) items, in one batch each."""
-            if "varnet" in methods:
+            for method in ("varnet", "l1_wavelet"):
+                if method not in methods:
+                    continue
                 t0 = time.perf_counter()
-                images = varnet_reconstruct_batch(network, [item[2] for item in pending], device)
+                if method == "varnet":
+                    images = varnet_reconstruct_batch(network, [item[2] for item in pending], device)
+                else:
+                    images = l1_wavelet_images([item[3] for item in pending], [item[4] for item in pending],
+                                               [float(item[2]["scale"]) for item in pending], gt_slices[0].shape,
+                                               l1_lambda, l1_max_iter, espirit, device,
+                                               [f"{name} slice {s} R={r:g}" for s, r, *_ in pending])
+                share = (time.perf_counter() - t0) / len(pending)
                 for (_, r, *_), image in zip(pending, images):
-                    preds[("varnet", r)].append(image)
-                    seconds[("varnet", r)] += (time.perf_counter() - t0) / len(pending)
-            if "l1_wavelet" in methods:
-                t0 = time.perf_counter()
-                where = f"{name} slice(s) {pending[0][0]}-{pending[-1][0]}"
-                images = l1_wavelet_images([item[3] for item in pending], [item[4] for item in pending],
-                                           [float(item[2]["scale"]) for item in pending], gt_slices[0].shape, l1_lambda,
-                                           l1_max_iter, espirit, device, where)
-                for (_, r, *_), image in zip(pending, images):
-                    preds[("l1_wavelet", r)].append(image)
-                    seconds[("l1_wavelet", r)] += (time.perf_counter() - t0) / len(pending)
+                    preds[(method, r)].append(image)
+                    seconds[(method, r)] += share
             pending.clear()
 
         for s in range(count):
@@ -323,7 +329,7 @@ def evaluate_varnet(
     for path in files:
         try:
             rows, volumes, seconds = evaluate_file(path)
-        except MemoryError:
+        except (MemoryError, torch.OutOfMemoryError):  # the machine's limits, not the file's fault: stop
             raise
         except Exception as e:  # this file only: report it and go on
             skipped.append(reject_input(path, root, e))

@@ -264,7 +264,9 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         self.index = [(f, s) for f in self.files for s in range(shapes[f][0])]
         if max_slices:
             self.index = self.index[: int(max_slices)]
-        self.shapes = [shapes[f][-2:] for f, _ in self.index]  # (H, W) of each item, for ShapeBatchSampler
+        # the k-space shape of each item without the slice axis ((C, H, W); (H, W) single-coil), for ShapeBatchSampler:
+        # fastMRI folders mix coil counts at one matrix size, and a batch must stack
+        self.shapes = [tuple(shapes[f][1:]) for f, _ in self.index]
         self.mask_sampler = mask_sampler
         self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
         self.fixed_masks = bool(fixed_masks)
