@@ -41,7 +41,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -97,18 +97,15 @@ def acs_espirit_maps(
     return espirit_calib(masked_kspace, (top, bottom, left, right), kw, thresh, crop, max_iter)
 
 
-def l1_wavelet_images(kspace: np.ndarray | Sequence[np.ndarray], masks: Sequence[np.ndarray], scales: Sequence[float],
+def l1_wavelet_images(kspaces: Sequence[np.ndarray], masks: Sequence[np.ndarray], scales: Sequence[float],
                       shape: Sequence[int], lamda: float, max_iter: int = 100, espirit: Mapping[str, Any] | None = None,
-                      device: str | torch.device = "cpu", where: str | Sequence[str] = "") -> list[np.ndarray]:
-    """The evaluation's L1-wavelet images of k-space ``(C, H, W)`` under each of ``masks``, in one batch on
-    ``device``: one slice's k-space for every mask, or one k-space per mask (a list, or an array ``(N, C, H, W)``
-    of slices of one shape); each divided by its ``scales`` entry, ACS ESPIRiT maps (:func:`acs_espirit_maps`),
-    :func:`scripts.recon.l1.l1_wavelet_batch`, the RSS of ``S_c x`` centre-cropped to ``shape`` and scaled back.
-    A mask whose ACS is too small for ESPIRiT gives a NaN image and a warning naming its ``where`` entry (one
-    label per mask, or one for all)."""
-    one = isinstance(kspace, np.ndarray) and kspace.ndim < 4
-    kspaces = [kspace] * len(masks) if one else list(kspace)
-    wheres = [where] * len(masks) if isinstance(where, str) else list(where)
+                      device: str | torch.device = "cpu", where: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The evaluation's L1-wavelet images of ``kspaces`` (one full ``(C, H, W)`` k-space per mask, all of one
+    shape) under ``masks``, in one batch on ``device``: each divided by its ``scales`` entry, ACS ESPIRiT maps
+    (:func:`acs_espirit_maps`), :func:`scripts.recon.l1.l1_wavelet_batch`, the RSS of ``S_c x`` centre-cropped to
+    ``shape`` and scaled back. A mask whose ACS is too small for ESPIRiT gives a NaN image and a warning naming
+    its ``where`` label (default: its index)."""
+    wheres = [f"item {i}" for i in range(len(masks))] if where is None else list(where)
     if not len(kspaces) == len(masks) == len(scales) == len(wheres):
         raise ValueError(f"l1_wavelet_images: {len(kspaces)} k-spaces, {len(masks)} masks, {len(scales)} scales and "
                          f"{len(wheres)} labels: one each per image")
@@ -129,6 +126,17 @@ def l1_wavelet_images(kspace: np.ndarray | Sequence[np.ndarray], masks: Sequence
         for i, image in zip(idx, rss):
             images[i] = center_crop(image, shape) * np.float32(scales[i])
     return images
+
+
+class _Item(NamedTuple):
+    """One (slice, R) of a test file waiting for its batch: the :func:`prepare_example` input, the full k-space and
+    the mask (for L1-wavelet)."""
+
+    slice: int
+    r: float
+    example: dict[str, Any]
+    kspace: np.ndarray
+    mask: np.ndarray
 
 
 def summarize(
@@ -272,7 +280,7 @@ def evaluate_varnet(
         rows: list[dict[str, Any]] = []
         volumes: list[dict[str, Any]] = []
         accels: dict[tuple[float, int], float] = {}
-        pending: list[tuple[int, float, dict[str, Any], np.ndarray, np.ndarray]] = []  # (slice, R, example, kspace, mask)
+        pending: list[_Item] = []
 
         def run_batch() -> None:
             """The learned and L1-wavelet images of the pending (slice, R) items, in one batch each."""
@@ -281,16 +289,16 @@ def evaluate_varnet(
                     continue
                 t0 = time.perf_counter()
                 if method == "varnet":
-                    images = varnet_reconstruct_batch(network, [item[2] for item in pending], device)
+                    images = varnet_reconstruct_batch(network, [item.example for item in pending], device)
                 else:
-                    images = l1_wavelet_images([item[3] for item in pending], [item[4] for item in pending],
-                                               [float(item[2]["scale"]) for item in pending], gt_slices[0].shape,
+                    images = l1_wavelet_images([item.kspace for item in pending], [item.mask for item in pending],
+                                               [float(item.example["scale"]) for item in pending], gt_slices[0].shape,
                                                l1_lambda, l1_max_iter, espirit, device,
-                                               [f"{name} slice {s} R={r:g}" for s, r, *_ in pending])
+                                               [f"{name} slice {item.slice} R={item.r:g}" for item in pending])
                 share = (time.perf_counter() - t0) / len(pending)
-                for (_, r, *_), image in zip(pending, images):
-                    preds[(method, r)].append(image)
-                    seconds[(method, r)] += share
+                for item, image in zip(pending, images):
+                    preds[(method, item.r)].append(image)
+                    seconds[(method, item.r)] += share
             pending.clear()
 
         for s in range(count):
@@ -305,7 +313,7 @@ def evaluate_varnet(
                     gt_slices.append((example["target"] * example["scale"]).numpy())
                 if "zero_filled" in methods:
                     preds[("zero_filled", r)].append(example["zero_filled"].numpy())
-                pending.append((s, r, example, kspace, mask))
+                pending.append(_Item(s, r, example, kspace, mask))
                 if len(pending) >= batch_size:
                     run_batch()
         if pending:
